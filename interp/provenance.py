@@ -1,0 +1,65 @@
+"""Provenance of every result file: config, seed, package versions, git commit, time.
+
+One helper builds it so every writer records the same fields.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["provenance"]
+
+_PACKAGES = (
+    "cascade-interp", "numpy", "scipy", "soundfile", "torch", "transformers",
+    "piper-tts", "espeakng-loader", "praat-parselmouth", "h5py",
+)
+
+
+def _git_commit() -> str | None:
+    """Commit of the source tree this package runs from, or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = out.stdout.strip()
+    if out.returncode != 0 or not commit:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True, timeout=5, check=False,
+    ).stdout.strip()
+    return commit + ("-dirty" if dirty else "")
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def provenance(*, command: str, config: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """The provenance block written beside (or inside) a result.
+
+    command: what made the result (e.g. "interp data synth"); config: its arguments, JSON-serialisable.
+    """
+    return {
+        "command": command,
+        "config": config,
+        "seed": seed,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
