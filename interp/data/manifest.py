@@ -17,7 +17,7 @@ import numpy as np
 from interp.data.audio import SAMPLE_RATE, Seconds, check_wav, read_audio
 from interp.errors import DataError
 
-__all__ = ["Word", "Source", "Noise", "Speech", "Item", "SpokenSet", "MANIFEST", "AUDIO_DIR"]
+__all__ = ["Labelled", "Word", "Source", "Noise", "Speech", "Item", "SpokenSet", "MANIFEST", "AUDIO_DIR"]
 
 MANIFEST = "manifest.jsonl"
 AUDIO_DIR = "audio"
@@ -75,8 +75,25 @@ class Speech:
     noise: Noise | None = None
 
 
+class Labelled:
+    """Answer accessors shared by records that hold `choices` and `label`."""
+
+    choices: tuple[str, ...]
+    label: int | tuple[str, ...]
+
+    @property
+    def is_open(self) -> bool:
+        """True for open-answer tasks (TriviaQA, transcription): label holds answers, not an index."""
+        return not self.choices
+
+    @property
+    def answer(self) -> str:
+        """The correct answer as text."""
+        return self.label[0] if isinstance(self.label, tuple) else self.choices[self.label]
+
+
 @dataclass(frozen=True)
-class Item:
+class Item(Labelled):
     """One spoken task item.
 
     label: for forced-choice tasks the index into `choices`; for open tasks (no choices) the accepted
@@ -94,16 +111,6 @@ class Item:
     source: Source
     speech: Speech
     words: tuple[Word, ...] | None = None
-
-    @property
-    def is_open(self) -> bool:
-        """True for open-answer tasks (TriviaQA, transcription): label holds answers, not an index."""
-        return not self.choices
-
-    @property
-    def answer(self) -> str:
-        """The correct answer as text."""
-        return self.label[0] if isinstance(self.label, tuple) else self.choices[self.label]
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

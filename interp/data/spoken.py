@@ -36,10 +36,7 @@ def _voice(text_item: TextItem, *, engine: EngineName, seed: int, use_recording:
     """Samples (16 kHz float32), how they were made, and word timings (None for natural audio)."""
     if use_recording and text_item.recording is not None:
         samples, _ = read_audio(text_item.recording)
-        peak = float(np.max(np.abs(samples))) if samples.size else 0.0
-        if peak > _PEAK:  # resampling can overshoot a full-scale recording slightly
-            samples = samples * (_PEAK / peak)
-        return samples, Speech(kind="natural", recording=text_item.recording.name), None
+        return _limit_peak(samples), Speech(kind="natural", recording=text_item.recording.name), None
     if text_item.voice is not None:
         engine = text_item.engine or engine
         settings = text_item.voice
@@ -48,7 +45,14 @@ def _voice(text_item: TextItem, *, engine: EngineName, seed: int, use_recording:
     utterance = open_engine(engine).speak(text_item.transcript, settings)
     if utterance.samples.size == 0:
         raise DataError(f"item {text_item.id}: {engine} produced no audio for {text_item.transcript!r}")
-    return utterance.samples, utterance.speech, utterance.words
+    return _limit_peak(utterance.samples), utterance.speech, utterance.words
+
+
+def _limit_peak(samples: np.ndarray) -> np.ndarray:
+    """Scale down audio whose peak exceeds _PEAK: espeak at fast rates and resampled full-scale
+    recordings overshoot 1.0, which 16-bit PCM would clip. Quieter audio keeps its level."""
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    return samples * (_PEAK / peak) if peak > _PEAK else samples
 
 
 def write_spoken_set(items: list[TextItem], out: Path, *, engine: EngineName, seed: int,

@@ -176,7 +176,7 @@ def _voice_suite(task: str, n: int, seed: int) -> list[TextItem]:
             if task == "pitch":
                 voice = EspeakSettings(voice=f"{base}+{rng.choice(['m1', 'm2', 'm3', 'm4', 'm7'])}",
                                        rate_wpm=int(rng.integers(150, 190)),
-                                       pitch=int(rng.integers(70, 95) if label else rng.integers(5, 25)),
+                                       pitch=int(rng.integers(75, 100) if label else rng.integers(10, 31)),
                                        pitch_range=int(rng.integers(30, 60)))
                 choices = ("low", "high")
             else:

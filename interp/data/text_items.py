@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from interp.data.manifest import Source
+from interp.data.manifest import Labelled, Source
 from interp.data.tts import EngineName, EspeakSettings, PiperSettings
 
 __all__ = ["TextItem", "select_stratified"]
 
 
 @dataclass(frozen=True)
-class TextItem:
+class TextItem(Labelled):
     """An item to be spoken.
 
     voice/engine: fixed when the label lives in the voice (the pitch and rate suites); otherwise None

@@ -218,20 +218,39 @@ class _EspeakEngine:
         library.espeak_Terminate()
 
     def _words(self, text: str, native: np.ndarray, events: list[tuple[int, int]]) -> tuple[Word, ...]:
-        """Word start = espeak's word event; end = the next word's start, trimmed of trailing silence."""
-        starts: dict[int, int] = {}
+        """Word start = espeak's word event; end = the next word's start, trimmed of trailing silence.
+
+        espeak joins some unstressed words with their neighbour and emits one event for both ("on the"):
+        a word without its own event shares the span between the events around it, by character count.
+        """
         tokens = _tokens(text)
+        if not tokens:
+            return ()
+        anchors = {0: 0, len(tokens): native.size}
         for char, sample in events:
             for index, (_, begin, end) in enumerate(tokens):
                 if begin <= char < end:
-                    starts.setdefault(index, sample)
-        ordered = sorted(starts.items())
+                    anchors.setdefault(index, sample)
+        starts = _interpolate(anchors, [len(word) for word, _, _ in tokens])
         words = []
-        for position, (index, start) in enumerate(ordered):
-            next_start = ordered[position + 1][1] if position + 1 < len(ordered) else native.size
-            end = _trim_end(native, start, max(next_start, start), self.rate)
-            words.append(Word(tokens[index][0], round(start / self.rate, 4), round(end / self.rate, 4)))
+        for index, (word, _, _) in enumerate(tokens):
+            start, next_start = starts[index], max(starts[index + 1], starts[index])
+            end = _trim_end(native, start, next_start, self.rate)
+            words.append(Word(word, round(start / self.rate, 4), round(end / self.rate, 4)))
         return tuple(words)
+
+
+def _interpolate(anchors: dict[int, int], lengths: list[int]) -> list[int]:
+    """Start sample of every token (and of the end, at index len(lengths)) from the anchored ones,
+    spreading each gap between anchors over its tokens in proportion to their lengths."""
+    known = sorted(anchors)
+    starts = [0] * (len(lengths) + 1)
+    for left, right in zip(known, known[1:]):
+        span, width = anchors[right] - anchors[left], sum(lengths[left:right])
+        for index in range(left, right):
+            starts[index] = anchors[left] + span * sum(lengths[left:index]) // width
+    starts[-1] = anchors[len(lengths)]
+    return starts
 
 
 # --- piper ---------------------------------------------------------------------------------------

@@ -1,0 +1,22 @@
+"""Run the CLI as a user would: a fresh interpreter, stdout and stderr captured."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> CliResult:
+    """Run `interp ARGS` in a fresh interpreter and capture what the user would see."""
+    completed = subprocess.run([sys.executable, "-m", "interp", *map(str, args)], capture_output=True, text=True,
+                               cwd=cwd, timeout=1800, check=False)
+    return CliResult(completed.returncode, completed.stdout, completed.stderr)
