@@ -21,9 +21,9 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(help=__doc__.splitlines()[0] + "\n\nDoes an end-to-end speech LLM use the audio, or is it an "
                   "ASR -> LLM cascade in disguise?", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
+                  add_completion=False, rich_markup_mode=None)
 data_app = typer.Typer(help="Spoken task sets: import benchmarks, synthesise suites, add babble noise, inspect.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 

@@ -65,16 +65,15 @@ class SetWriter:
                          self.partial, len(self._done))
 
     def has(self, item_id: str) -> bool:
-        """True when a resumed run already wrote this item."""
-        return item_id in self._done
+        """True when a resumed run already wrote this item; it then counts as written by this run."""
+        if item_id not in self._done:
+            return False
+        self._claim(item_id)
+        return True
 
     def add(self, item: Item, samples: np.ndarray) -> None:
         """Write the item's wav, then append its manifest line (flushed, so a kill loses at most this item)."""
-        if item.id in self._ids:
-            raise DataError(f"duplicate id {item.id!r}; ids must be unique in a set")
-        self._ids.add(item.id)
-        if item.id in self._done:
-            return
+        self._claim(item.id)
         item.validate()
         write_wav(self.partial / item.audio, samples, sample_rate=item.sample_rate)
         with (self.partial / MANIFEST).open("a", encoding="utf-8") as manifest:
@@ -82,6 +81,11 @@ class SetWriter:
             manifest.flush()
             os.fsync(manifest.fileno())
         self._done.add(item.id)
+
+    def _claim(self, item_id: str) -> None:
+        if item_id in self._ids:
+            raise DataError(f"duplicate id {item_id!r}; ids must be unique in a set")
+        self._ids.add(item_id)
 
     def commit(self, provenance: dict[str, Any]) -> Path:
         """Write provenance, then move the finished set into place (replacing `out` when overwriting)."""
