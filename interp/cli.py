@@ -89,7 +89,8 @@ def data_import(
     if not tts and not has_audio:
         raise DataError(f"{dataset} is text only: pass --tts to speak it (engine {engine})")
     items = select_stratified(items, limit=limit, seed=seed)
-    open_engine(engine)
+    if tts or any(item.recording is None for item in items):
+        open_engine(engine)  # fail before writing anything if the engine is unknown or not installed
     config = {"dataset": dataset, "source": str(source), "limit": limit, "seed": seed, "tts": tts,
               "engine": engine, "audio_dir": str(audio_dir) if audio_dir else None}
     written = write_spoken_set(items, out, engine=engine, seed=seed, use_recordings=not tts, overwrite=overwrite,

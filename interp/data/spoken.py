@@ -66,8 +66,8 @@ def write_spoken_set(items: list[TextItem], out: Path, *, engine: EngineName, se
     if not items:
         raise DataError("no items to speak")
     fallback = sum(1 for i in items if i.recording is None) if use_recordings else 0
-    if use_recordings and 0 < fallback and items[0].source.dataset in ("meld", "mustard"):
-        _log.warning("%d of %d items have no recording in --audio-dir; they are spoken by %s (see each item's speech)",
+    if fallback:
+        _log.warning("%d of %d items have no natural recording; %s speaks them (see each item's speech)",
                      fallback, len(items), engine)
     config = {"command": provenance.get("command"), "items": [i.id for i in items], "engine": engine, "seed": seed,
               "use_recordings": use_recordings}
