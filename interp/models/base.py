@@ -1,0 +1,133 @@
+"""The one protocol every analysis talks to: `SpeechLM` (hears audio) and the pieces it shares.
+
+A site is a named activation (`audio.layers.{i}`, `projector`, `llm.embed`, `llm.layers.{i}`): the key
+used by hooks, caches, figures and results. Only an adapter's site table knows the module behind a name
+(as pyvene's per-architecture tables do), because HF module paths move between transformers versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from torch import Tensor, nn
+
+from interp.errors import InterpError
+
+__all__ = ["AUDIO_PLACEHOLDER", "SiteError", "Site", "SpeechBatch", "SpeechLM", "expand_sites", "describe_sites"]
+
+AUDIO_PLACEHOLDER = "<|audio|>"
+"""Where the audio goes in a prompt. An end-to-end model puts its audio embeddings there; a cascade
+puts the transcript there, so both read the same prompt."""
+
+
+class SiteError(InterpError):
+    """A site name or pattern that the model (or cache) does not have."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A named activation: the `output` (or the first positional `input`) of one module, shape (batch, seq, d)."""
+
+    name: str
+    module: nn.Module
+    take: Literal["input", "output"] = "output"
+    seconds_per_row: float | None = None
+    """Audio covered by one row of an audio-only site (encoder frame, projector token); None for sites
+    on the LLM's sequence, whose rows are token positions (see SpeechBatch.audio_span)."""
+
+
+@dataclass(frozen=True)
+class SpeechBatch:
+    """Inputs of one batch, right-padded, and where each item's audio sits.
+
+    inputs: keyword arguments of the adapter's forward. input_ids, attention_mask: (batch, seq) int64.
+    audio_mask: (batch, seq) bool, True at audio positions. audio_span: (batch, seq, 2) float64 seconds
+    (t_start, t_end) of the original audio covered by each audio position, NaN elsewhere.
+    """
+
+    inputs: dict[str, Tensor]
+    input_ids: Tensor
+    attention_mask: Tensor
+    audio_mask: Tensor
+    audio_span: np.ndarray
+
+
+@runtime_checkable
+class SpeechLM(Protocol):
+    """An end-to-end speech LLM behind the project's protocol."""
+
+    name: str
+
+    def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
+        """(16 kHz mono float32 audio, prompt with one AUDIO_PLACEHOLDER) pairs → a batch."""
+
+    def logits(self, batch: SpeechBatch) -> Tensor:
+        """(batch, seq, vocab) float32 next-token logits."""
+
+    def sites(self) -> dict[str, Site]:
+        """Every hookable site, by name, in forward order."""
+
+    @property
+    def final_norm(self) -> nn.Module:
+        """The LLM's final norm (applied before the unembedding), for the logit lens."""
+
+    @property
+    def unembed(self) -> nn.Module:
+        """The LLM's unembedding (lm_head)."""
+
+    def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
+        """(choices,) float64: summed log-probability of each choice's tokens after the prompt."""
+
+    def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
+        """Greedy answer to the prompt."""
+
+
+def describe_sites(available: Sequence[str]) -> str:
+    """Compact listing such as 'audio.layers.0–5, projector, llm.embed, llm.layers.0–29'."""
+    groups: dict[str, list[int]] = {}
+    order: list[str] = []
+    for name in available:
+        head, _, tail = name.rpartition(".")
+        key = head if tail.isdigit() else name
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        if tail.isdigit():
+            groups[key].append(int(tail))
+    parts = []
+    for key in order:
+        indices = sorted(groups[key])
+        parts.append(f"{key}.{indices[0]}–{indices[-1]}" if indices else key)
+    return ", ".join(parts)
+
+
+def expand_sites(spec: str, available: Sequence[str]) -> list[str]:
+    """Expand a site spec against the sites a model or cache has, keeping forward order.
+
+    `llm.layers.0,4,8,12`, `llm.layers.*`, `audio.layers.*,projector`: comma-separated entries; an entry
+    that is only digits continues the previous entry's prefix. Raises SiteError naming the unknown site
+    and listing what exists.
+    """
+    wanted: set[str] = set()
+    prefix = ""
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        if entry.isdigit() and prefix:
+            entry = f"{prefix}.{entry}"
+        if entry.endswith(".*"):
+            prefix = entry[:-2]
+            matches = [s for s in available if s.rpartition(".")[0] == prefix and s.rpartition(".")[2].isdigit()]
+        else:
+            head, _, tail = entry.rpartition(".")
+            prefix = head if tail.isdigit() else prefix
+            matches = [entry] if entry in available else []
+        if not matches:
+            raise SiteError(f"unknown site {entry!r}: available sites are {describe_sites(available)}")
+        wanted.update(matches)
+    if not wanted:
+        raise SiteError(f"no site in {spec!r}: available sites are {describe_sites(available)}")
+    return [s for s in available if s in wanted]

@@ -1,0 +1,64 @@
+"""Prompts and answer scoring shared by end-to-end models and cascades, so both read the same text.
+
+A prompt is the user's message with one AUDIO_PLACEHOLDER; the LLM's chat template (when it has one)
+wraps it and opens the assistant's turn. Forced-choice scoring follows one length policy everywhere:
+the score of a choice is the SUM of its tokens' log-probabilities after the prompt (no length
+normalisation), so longer answers are not favoured; tasks keep their choices short and comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from interp.errors import InterpError
+from interp.models.base import AUDIO_PLACEHOLDER
+
+__all__ = ["split_prompt", "chat_text", "choice_token_ids", "choice_log_likelihoods"]
+
+
+def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """The full model input text for a user prompt: chat template + generation prompt if the tokenizer
+    has a template (instruct models), else the prompt itself followed by a newline (base models)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt + "\n"
+
+
+def split_prompt(text: str) -> tuple[str, str]:
+    """(text before, text after) the single audio placeholder; refuses zero or several placeholders."""
+    count = text.count(AUDIO_PLACEHOLDER)
+    if count != 1:
+        raise InterpError(f"a prompt needs exactly one {AUDIO_PLACEHOLDER} placeholder (where the audio goes); "
+                          f"found {count}")
+    before, after = text.split(AUDIO_PLACEHOLDER)
+    return before, after
+
+
+def choice_token_ids(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str]) -> list[list[int]]:
+    """Token ids of each answer string as the model would write it right after the prompt."""
+    ids = [tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices]
+    if any(not choice for choice in ids):
+        raise InterpError("an answer choice tokenises to nothing; choices must be non-empty text")
+    return ids
+
+
+def choice_log_likelihoods(logits: Tensor, input_ids: Tensor, *, choice_start: Sequence[int],
+                           choice_length: Sequence[int]) -> Tensor:
+    """Summed log-probability of each row's choice tokens.
+
+    logits: (rows, seq, vocab) from a forward pass over prompt + choice; input_ids: (rows, seq);
+    choice_start/choice_length: where each row's choice tokens sit. Computed in float64.
+    Returns (rows,) float64: Σ_t log softmax(logits[t-1])[input_ids[t]] over the choice positions t.
+    """
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    scores = []
+    for row, (start, length) in enumerate(zip(choice_start, choice_length)):
+        positions = torch.arange(start, start + length, device=logits.device)
+        targets = input_ids[row, positions]
+        scores.append(log_probs[row, positions - 1, targets].sum())
+    return torch.stack(scores)

@@ -1,0 +1,124 @@
+"""Ultravox behind the SpeechLM protocol: Whisper features (no padding to 30 s), placeholder spans, sites."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
+
+from interp.data.audio import SAMPLE_RATE
+from interp.models.base import Site, SpeechBatch
+from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
+from interp.models.ultravox import ENCODER_DOWNSAMPLING, UltravoxModel, audio_token_count
+
+__all__ = ["UltravoxSpeechLM"]
+
+_MEL_SECONDS = 0.01  # Whisper's mel hop: 160 samples at 16 kHz
+
+
+class UltravoxSpeechLM:
+    """An UltravoxModel with its tokenizer and feature extractor, as a SpeechLM.
+
+    The placeholder token is the tokenizer's eos (as in fixie-ai's processor); audio positions are
+    found by start index and length, never by token id.
+    """
+
+    def __init__(self, model: UltravoxModel, tokenizer: PreTrainedTokenizerBase,
+                 feature_extractor: WhisperFeatureExtractor, *, name: str) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.name = name
+        self.placeholder_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+
+    @property
+    def _stack_factor(self) -> int:
+        return self.model.config.stack_factor
+
+    def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
+        return self._encode(audio, prompts, [[] for _ in prompts])
+
+    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+                suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
+        """Batch with each prompt's placeholder replaced by its audio span, plus optional suffix tokens."""
+        features = self.feature_extractor(
+            [np.asarray(a, dtype=np.float32) for a in audio], sampling_rate=SAMPLE_RATE, padding="longest",
+            pad_to_multiple_of=self.feature_extractor.hop_length, truncation=False, return_attention_mask=True,
+            return_tensors="pt")
+        audio_lens = features["attention_mask"].sum(-1)
+        rows, starts, lengths = [], [], []
+        for prompt, mel_frames, suffix in zip(prompts, audio_lens.tolist(), suffixes):
+            before, after = split_prompt(chat_text(self.tokenizer, prompt))
+            head = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+            tail = self.tokenizer(after, add_special_tokens=False)["input_ids"]
+            length = audio_token_count(mel_frames, stack_factor=self._stack_factor)
+            rows.append(head + [self.placeholder_id] * length + tail + list(suffix))
+            starts.append(len(head))
+            lengths.append(length)
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        audio_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        audio_span = np.full((len(rows), width, 2), np.nan)
+        token_seconds = _MEL_SECONDS * ENCODER_DOWNSAMPLING * self._stack_factor
+        for index, (row, start, length) in enumerate(zip(rows, starts, lengths)):
+            input_ids[index, : len(row)] = torch.tensor(row)
+            attention_mask[index, : len(row)] = 1
+            audio_mask[index, start:start + length] = True
+            duration = len(audio[index]) / SAMPLE_RATE
+            edges = np.minimum(np.arange(length + 1) * token_seconds, duration)
+            audio_span[index, start:start + length] = np.stack([edges[:-1], edges[1:]], axis=1)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": features["input_features"],
+                  "audio_lens": audio_lens, "audio_token_start_idx": torch.tensor(starts),
+                  "audio_token_len": torch.tensor(lengths)}
+        return SpeechBatch(inputs=inputs, input_ids=input_ids, attention_mask=attention_mask, audio_mask=audio_mask,
+                           audio_span=audio_span)
+
+    @torch.no_grad()
+    def logits(self, batch: SpeechBatch) -> Tensor:
+        return self.model(**batch.inputs).logits.float()
+
+    def sites(self) -> dict[str, Site]:
+        tower, llm = self.model.audio_tower, self.model.language_model.model
+        frame_seconds = _MEL_SECONDS * ENCODER_DOWNSAMPLING
+        table = {f"audio.layers.{i}": Site(f"audio.layers.{i}", layer, seconds_per_row=frame_seconds)
+                 for i, layer in enumerate(tower.layers)}
+        table["projector"] = Site("projector", self.model.multi_modal_projector,
+                                  seconds_per_row=frame_seconds * self._stack_factor)
+        table["llm.embed"] = Site("llm.embed", llm.layers[0], take="input")
+        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(llm.layers)})
+        return table
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.language_model.model.norm
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.model.language_model.lm_head
+
+    @torch.no_grad()
+    def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
+        ids = choice_token_ids(self.tokenizer, choices)
+        batch = self._encode([audio] * len(choices), [prompt] * len(choices), ids)
+        ends = batch.attention_mask.sum(-1)
+        lengths = [len(choice) for choice in ids]
+        starts = [int(end) - length for end, length in zip(ends, lengths)]
+        scores = choice_log_likelihoods(self.logits(batch), batch.input_ids, choice_start=starts,
+                                        choice_length=lengths)
+        return scores.numpy()
+
+    @torch.no_grad()
+    def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
+        batch = self.prepare([audio], [prompt])
+        inputs = batch.inputs
+        embeds = self.model.embed(inputs["input_ids"], inputs["audio_values"], inputs["audio_lens"],
+                                  inputs["audio_token_start_idx"], inputs["audio_token_len"])
+        output = self.model.language_model.generate(
+            inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=self.pad_id)
+        return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
