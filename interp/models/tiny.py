@@ -8,12 +8,13 @@ ChatML template like SmolLM2's.
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
 
+from interp.models.text_lm import TextLM
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
-__all__ = ["tiny_tokenizer", "tiny_ultravox_config", "tiny_ultravox", "TINY_MODELS"]
+__all__ = ["tiny_tokenizer", "tiny_ultravox_config", "tiny_ultravox", "tiny_text_lm", "TINY_MODELS"]
 
 _CORPUS = (
     "the movie was wonderful and i loved it . the service was terrible . is a dog an animal ? yes no "
@@ -53,16 +54,29 @@ def tiny_ultravox_config(*, vocab_size: int) -> UltravoxConfig:
     return UltravoxConfig(audio, text, hidden_size=64, stack_factor=8, projector_ln_mid=True)
 
 
+def _seeded(build, seed: int):
+    """Build a model with torch's global generator seeded, then restore it (module initialisers draw
+    from the global generator; library code must not leave it changed)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def tiny_text_lm(*, seed: int = 0) -> TextLM:
+    """`tiny-llama`: the text LLM of tiny-ultravox alone, for cascade and oracle tests."""
+    tokenizer = tiny_tokenizer()
+    config = tiny_ultravox_config(vocab_size=len(tokenizer)).text_config
+    return TextLM(_seeded(lambda: LlamaForCausalLM(config), seed), tokenizer, name="tiny-llama")
+
+
 def tiny_ultravox(*, seed: int = 0) -> UltravoxSpeechLM:
     """`tiny-ultravox`: 2 encoder layers, the real projector, a 3-layer Llama; seeded random weights."""
     tokenizer = tiny_tokenizer()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # module initialisers draw from the global generator; restored below
-    try:
-        model = UltravoxModel(tiny_ultravox_config(vocab_size=len(tokenizer)))
-    finally:
-        torch.random.set_rng_state(generator_state)
+    model = _seeded(lambda: UltravoxModel(tiny_ultravox_config(vocab_size=len(tokenizer))), seed)
     return UltravoxSpeechLM(model, tokenizer, WhisperFeatureExtractor(feature_size=80), name="tiny-ultravox")
 
 
-TINY_MODELS = {"tiny-ultravox": tiny_ultravox}
+TINY_MODELS = {"tiny-ultravox": tiny_ultravox, "tiny-llama": tiny_text_lm}

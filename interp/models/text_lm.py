@@ -1,0 +1,78 @@
+"""A causal text LLM behind the same prompts as the speech models: the placeholder is filled with text.
+
+This is the LLM half of every cascade and of the oracle. It uses plain forward hooks through the same
+kind of site table as the speech adapters (`llm.embed`, `llm.layers.{i}`), so one hook idiom serves all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from interp.models.base import Site
+from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
+
+__all__ = ["TextLM"]
+
+
+class TextLM:
+    """A causal LM with its tokenizer. `text` replaces the prompt's AUDIO_PLACEHOLDER."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+
+    def prompt_ids(self, text: str, prompt: str) -> list[int]:
+        """Token ids of the full input (chat template, generation prompt) with `text` in the placeholder."""
+        before, after = split_prompt(prompt)
+        return self.tokenizer(chat_text(self.tokenizer, before + text + after), add_special_tokens=False)["input_ids"]
+
+    def _batch(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+        width = max(map(len, rows))
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row)] = torch.tensor(row)
+            attention_mask[index, : len(row)] = 1
+        return input_ids, attention_mask
+
+    @torch.no_grad()
+    def score_choices(self, text: str, prompt: str, choices: Sequence[str]) -> np.ndarray:
+        """(choices,) float64 summed log-probabilities of each choice after the filled prompt."""
+        head = self.prompt_ids(text, prompt)
+        ids = choice_token_ids(self.tokenizer, choices)
+        input_ids, attention_mask = self._batch([head + choice for choice in ids])
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        scores = choice_log_likelihoods(logits, input_ids, choice_start=[len(head)] * len(ids),
+                                        choice_length=[len(choice) for choice in ids])
+        return scores.numpy()
+
+    @torch.no_grad()
+    def generate(self, text: str, prompt: str, *, max_new_tokens: int = 32) -> str:
+        """Greedy answer to the prompt with `text` in the placeholder."""
+        input_ids, attention_mask = self._batch([self.prompt_ids(text, prompt)])
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                     max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+        return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+    def sites(self) -> dict[str, Site]:
+        layers = self.model.model.layers
+        table = {"llm.embed": Site("llm.embed", layers[0], take="input")}
+        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(layers)})
+        return table
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.model.norm
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.model.lm_head
+
