@@ -20,3 +20,22 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> CliResult:
     completed = subprocess.run([sys.executable, "-m", "interp", *map(str, args)], capture_output=True, text=True,
                                cwd=cwd, timeout=1800, check=False)
     return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+
+def capture_sites(model, batch, names: list[str]) -> dict:
+    """Run `model.logits(batch)` with forward hooks on the named sites; returns each site's tensor."""
+    sites, captured, handles = model.sites(), {}, []
+    for name in names:
+        site = sites[name]
+        if site.take == "output":
+            handles.append(site.module.register_forward_hook(
+                lambda module, args, output, name=name: captured.__setitem__(name, output)))
+        else:
+            handles.append(site.module.register_forward_pre_hook(
+                lambda module, args, name=name: captured.__setitem__(name, args[0])))
+    try:
+        model.logits(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interp.models.base import Site
+from interp.models.encoded import right_pad
 from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
 
 __all__ = ["TextLM"]
@@ -34,21 +35,12 @@ class TextLM:
         before, after = split_prompt(prompt)
         return self.tokenizer(chat_text(self.tokenizer, before + text + after), add_special_tokens=False)["input_ids"]
 
-    def _batch(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, row in enumerate(rows):
-            input_ids[index, : len(row)] = torch.tensor(row)
-            attention_mask[index, : len(row)] = 1
-        return input_ids, attention_mask
-
     @torch.no_grad()
     def score_choices(self, text: str, prompt: str, choices: Sequence[str]) -> np.ndarray:
         """(choices,) float64 summed log-probabilities of each choice after the filled prompt."""
         head = self.prompt_ids(text, prompt)
         ids = choice_token_ids(self.tokenizer, choices)
-        input_ids, attention_mask = self._batch([head + choice for choice in ids])
+        input_ids, attention_mask = right_pad([head + choice for choice in ids], pad_id=self.pad_id)
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
         scores = choice_log_likelihoods(logits, input_ids, choice_start=[len(head)] * len(ids),
                                         choice_length=[len(choice) for choice in ids])
@@ -57,7 +49,7 @@ class TextLM:
     @torch.no_grad()
     def generate(self, text: str, prompt: str, *, max_new_tokens: int = 32) -> str:
         """Greedy answer to the prompt with `text` in the placeholder."""
-        input_ids, attention_mask = self._batch([self.prompt_ids(text, prompt)])
+        input_ids, attention_mask = right_pad([self.prompt_ids(text, prompt)], pad_id=self.pad_id)
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                                      max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
         return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()

@@ -8,13 +8,33 @@ ChatML template like SmolLM2's.
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig, WhisperFeatureExtractor
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Phi4MultimodalAudioConfig,
+    Phi4MultimodalConfig,
+    Phi4MultimodalFeatureExtractor,
+    Phi4MultimodalForCausalLM,
+    Phi4MultimodalVisionConfig,
+    PreTrainedTokenizerFast,
+    Qwen2AudioConfig,
+    Qwen2AudioEncoderConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
+    Qwen2Config,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
 
+from interp.models.phi4mm import Phi4MMSpeechLM
+from interp.models.qwen2_audio import Qwen2AudioSpeechLM
 from interp.models.text_lm import TextLM
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
-__all__ = ["tiny_tokenizer", "tiny_ultravox_config", "tiny_ultravox", "tiny_text_lm", "TINY_MODELS"]
+__all__ = ["tiny_tokenizer", "tiny_ultravox_config", "tiny_ultravox", "tiny_text_lm", "tiny_qwen2_audio_tokenizer",
+           "tiny_qwen2_audio_config", "tiny_qwen2_audio", "tiny_phi4mm_tokenizer", "tiny_phi4mm_config", "tiny_phi4mm",
+           "TINY_MODELS"]
 
 _CORPUS = (
     "the movie was wonderful and i loved it . the service was terrible . is a dog an animal ? yes no "
@@ -79,4 +99,91 @@ def tiny_ultravox(*, seed: int = 0) -> UltravoxSpeechLM:
     return UltravoxSpeechLM(model, tokenizer, WhisperFeatureExtractor(feature_size=80), name="tiny-ultravox")
 
 
-TINY_MODELS = {"tiny-ultravox": tiny_ultravox, "tiny-llama": tiny_text_lm}
+_PHI4MM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def _tiny_bpe(special_tokens: list[str], **tokens: str | dict[str, str]) -> PreTrainedTokenizerFast:
+    """tiny_tokenizer's 400-token byte-level BPE with other special tokens (ids in list order, from 0);
+    `tokens` are the wrapper's named tokens (bos_token=..., extra_special_tokens={...})."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **tokens)
+
+
+def tiny_qwen2_audio_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny BPE with Qwen2-Audio's audio tokens (named, as Qwen2AudioProcessor looks them up) and ChatML."""
+    wrapped = _tiny_bpe(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"],
+        bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        extra_special_tokens={"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>",
+                              "audio_eos_token": "<|audio_eos|>"})
+    wrapped.chat_template = _CHAT_TEMPLATE
+    return wrapped
+
+
+def tiny_qwen2_audio_config(*, vocab_size: int, audio_token_id: int) -> Qwen2AudioConfig:
+    audio = Qwen2AudioEncoderConfig(num_mel_bins=80, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                                    d_model=32, max_source_positions=1500)
+    text = Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024, pad_token_id=0,
+                       bos_token_id=1, eos_token_id=2)
+    return Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=audio_token_id)
+
+
+def tiny_qwen2_audio(*, seed: int = 0) -> Qwen2AudioSpeechLM:
+    """`tiny-qwen2-audio`: 2 Whisper-style encoder layers (the real 30 s window, 80 mel bins), the real
+    projector and a 3-layer Qwen2, behind the real Qwen2AudioProcessor; seeded random weights."""
+    tokenizer = tiny_qwen2_audio_tokenizer()
+    config = tiny_qwen2_audio_config(vocab_size=len(tokenizer), audio_token_id=tokenizer.audio_token_id)
+    model = _seeded(lambda: Qwen2AudioForConditionalGeneration(config), seed)
+    processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    return Qwen2AudioSpeechLM(model, processor, name="tiny-qwen2-audio")
+
+
+def tiny_phi4mm_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny BPE with Phi-4-multimodal's role tokens and its named `<|image|>` / `<|audio|>` tokens."""
+    wrapped = _tiny_bpe(
+        ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|image|>", "<|audio|>"],
+        bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image|>", "audio_token": "<|audio|>"})
+    wrapped.chat_template = _PHI4MM_CHAT_TEMPLATE
+    return wrapped
+
+
+def tiny_phi4mm_config(*, vocab_size: int, image_token_id: int, audio_token_id: int,
+                       eos_token_ids: list[int]) -> Phi4MultimodalConfig:
+    audio = Phi4MultimodalAudioConfig(hidden_size=32, intermediate_size=64, num_blocks=2, num_attention_heads=2,
+                                      ext_pw_out_channel=32, depthwise_separable_out_channel=32, nemo_conv_channels=32,
+                                      bias_max_distance=50, input_size=80, audio_token_id=audio_token_id)
+    vision = Phi4MultimodalVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=28, patch_size=14, crop_size=28,
+                                        image_token_id=image_token_id)
+    return Phi4MultimodalConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                                original_max_position_embeddings=1024, bos_token_id=0, pad_token_id=0,
+                                eos_token_id=eos_token_ids, audio_config=audio, vision_config=vision)
+
+
+def tiny_phi4mm(*, seed: int = 0) -> Phi4MMSpeechLM:
+    """`tiny-phi4mm`: a 2-block conformer (8x time reduction), the real speech projection, a 1-layer vision
+    tower that audio never uses and a 3-layer Phi-4 decoder, with the real feature extractor; seeded random
+    weights."""
+    tokenizer = tiny_phi4mm_tokenizer()
+    config = tiny_phi4mm_config(vocab_size=len(tokenizer), image_token_id=tokenizer.image_token_id,
+                                audio_token_id=tokenizer.audio_token_id,
+                                eos_token_ids=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")])
+    model = _seeded(lambda: Phi4MultimodalForCausalLM(config), seed)
+    return Phi4MMSpeechLM(model, tokenizer, Phi4MultimodalFeatureExtractor(), name="tiny-phi4mm")
+
+
+TINY_MODELS = {"tiny-ultravox": tiny_ultravox, "tiny-llama": tiny_text_lm, "tiny-qwen2-audio": tiny_qwen2_audio,
+               "tiny-phi4mm": tiny_phi4mm}

@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from interp.data.audio import SAMPLE_RATE
 from interp.models.base import Site, SpeechBatch
-from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
+from interp.models.prompting import chat_text, split_prompt
 from interp.models.ultravox import ENCODER_DOWNSAMPLING, UltravoxModel, audio_token_count
 
 __all__ = ["UltravoxSpeechLM"]
@@ -19,7 +20,7 @@ __all__ = ["UltravoxSpeechLM"]
 _MEL_SECONDS = 0.01  # Whisper's mel hop: 160 samples at 16 kHz
 
 
-class UltravoxSpeechLM:
+class UltravoxSpeechLM(EncodedSpeechLM):
     """An UltravoxModel with its tokenizer and feature extractor, as a SpeechLM.
 
     The placeholder token is the tokenizer's eos (as in fixie-ai's processor); audio positions are
@@ -39,9 +40,6 @@ class UltravoxSpeechLM:
     def _stack_factor(self) -> int:
         return self.model.config.stack_factor
 
-    def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
-        return self._encode(audio, prompts, [[] for _ in prompts])
-
     def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
                 suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
         """Batch with each prompt's placeholder replaced by its audio span, plus optional suffix tokens."""
@@ -59,19 +57,12 @@ class UltravoxSpeechLM:
             rows.append(head + [self.placeholder_id] * length + tail + list(suffix))
             starts.append(len(head))
             lengths.append(length)
-        width = max(map(len, rows))
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        audio_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        audio_span = np.full((len(rows), width, 2), np.nan)
-        token_seconds = _MEL_SECONDS * ENCODER_DOWNSAMPLING * self._stack_factor
-        for index, (row, start, length) in enumerate(zip(rows, starts, lengths)):
-            input_ids[index, : len(row)] = torch.tensor(row)
-            attention_mask[index, : len(row)] = 1
+        input_ids, attention_mask = right_pad(rows, pad_id=self.pad_id)
+        audio_mask = torch.zeros(input_ids.shape, dtype=torch.bool)
+        for index, (start, length) in enumerate(zip(starts, lengths)):
             audio_mask[index, start:start + length] = True
-            duration = len(audio[index]) / SAMPLE_RATE
-            edges = np.minimum(np.arange(length + 1) * token_seconds, duration)
-            audio_span[index, start:start + length] = np.stack([edges[:-1], edges[1:]], axis=1)
+        audio_span = audio_spans(audio_mask, durations(audio),
+                                 seconds_per_position=_MEL_SECONDS * ENCODER_DOWNSAMPLING * self._stack_factor)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "audio_values": features["input_features"],
                   "audio_lens": audio_lens, "audio_token_start_idx": torch.tensor(starts),
                   "audio_token_len": torch.tensor(lengths)}
@@ -100,17 +91,6 @@ class UltravoxSpeechLM:
     @property
     def unembed(self) -> nn.Module:
         return self.model.language_model.lm_head
-
-    @torch.no_grad()
-    def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
-        ids = choice_token_ids(self.tokenizer, choices)
-        batch = self._encode([audio] * len(choices), [prompt] * len(choices), ids)
-        ends = batch.attention_mask.sum(-1)
-        lengths = [len(choice) for choice in ids]
-        starts = [int(end) - length for end, length in zip(ends, lengths)]
-        scores = choice_log_likelihoods(self.logits(batch), batch.input_ids, choice_start=starts,
-                                        choice_length=lengths)
-        return scores.numpy()
 
     @torch.no_grad()
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:

@@ -1,0 +1,81 @@
+"""What every speech adapter shares once it can encode (audio, prompt, suffix tokens) into one batch.
+
+Adapters differ in how audio becomes positions; scoring answers, padding and timing audio positions
+are the same for all, so they live here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from interp.data.audio import SAMPLE_RATE
+from interp.models.base import SpeechBatch
+from interp.models.prompting import choice_log_likelihoods, choice_token_ids
+
+__all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations"]
+
+
+def right_pad(rows: Sequence[Sequence[int]], *, pad_id: int) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask), both (batch, longest) int64, padded on the right.
+
+    Right padding keeps every real token at the position it has alone, so causal activations of an item
+    do not depend on the batch it is in.
+    """
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        attention_mask[index, : len(row)] = 1
+    return input_ids, attention_mask
+
+
+def audio_spans(audio_mask: Tensor, durations: Sequence[float], *, seconds_per_position: float) -> np.ndarray:
+    """(batch, seq, 2) float64 (t_start, t_end) of the audio each audio position covers; NaN elsewhere.
+
+    Position k of an item covers [k·s, (k+1)·s) seconds, cut at the item's duration.
+    """
+    spans = np.full((*audio_mask.shape, 2), np.nan)
+    for index, duration in enumerate(durations):
+        positions = audio_mask[index].nonzero().squeeze(-1).numpy()
+        edges = np.minimum(np.arange(len(positions) + 1) * seconds_per_position, duration)
+        spans[index, positions] = np.stack([edges[:-1], edges[1:]], axis=1)
+    return spans
+
+
+def durations(audio: Sequence[np.ndarray]) -> list[float]:
+    return [len(clip) / SAMPLE_RATE for clip in audio]
+
+
+class EncodedSpeechLM(ABC):
+    """Base of the speech adapters: `prepare` and `score_choices` from one `_encode`."""
+
+    tokenizer: object
+
+    @abstractmethod
+    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+                suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
+        """Right-padded batch of prompts with their audio, each followed by its suffix token ids."""
+
+    @abstractmethod
+    def logits(self, batch: SpeechBatch) -> Tensor:
+        """(batch, seq, vocab) float32."""
+
+    def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
+        return self._encode(audio, prompts, [[] for _ in prompts])
+
+    @torch.no_grad()
+    def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
+        """(choices,) float64: summed log-probability of each choice's tokens after the prompt."""
+        ids = choice_token_ids(self.tokenizer, choices)
+        batch = self._encode([audio] * len(choices), [prompt] * len(choices), ids)
+        lengths = [len(choice) for choice in ids]
+        starts = [int(end) - length for end, length in zip(batch.attention_mask.sum(-1), lengths)]
+        scores = choice_log_likelihoods(self.logits(batch), batch.input_ids, choice_start=starts,
+                                        choice_length=lengths)
+        return scores.numpy()

@@ -1,0 +1,105 @@
+"""Qwen2-Audio behind the SpeechLM protocol: its own processor expands the audio token, positions by token id.
+
+Module paths are those of transformers 5.24 (the language model sits at `model.model.language_model`
+from 5.10 on; decoder layers return a Tensor, not a tuple).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from interp.data.audio import SAMPLE_RATE
+from interp.errors import InterpError
+from interp.models.base import Site, SpeechBatch
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
+from interp.models.prompting import chat_text, split_prompt
+
+__all__ = ["Qwen2AudioSpeechLM"]
+
+_MEL_SECONDS = 0.01  # Whisper's mel hop: 160 samples at 16 kHz
+_FRAME_SECONDS = 2 * _MEL_SECONDS  # the encoder's second conv has stride 2
+_TOKEN_SECONDS = 2 * _FRAME_SECONDS  # then an average pool of 2 before the projector
+
+
+class Qwen2AudioSpeechLM(EncodedSpeechLM):
+    """A Qwen2AudioForConditionalGeneration with its processor, as a SpeechLM.
+
+    The prompt's placeholder becomes `<|audio_bos|><|AUDIO|><|audio_eos|>`, which the processor expands
+    to one `<|AUDIO|>` per audio embedding (25 per second); audio positions are those tokens. The
+    processor pads every clip to the feature extractor's 30 s window (the encoder only accepts that
+    length), so longer clips are refused rather than truncated.
+    """
+
+    def __init__(self, model: Qwen2AudioForConditionalGeneration, processor: Qwen2AudioProcessor, *,
+                 name: str) -> None:
+        if processor.audio_token_id != model.config.audio_token_id:
+            raise InterpError(f"the processor's {processor.audio_token} is token {processor.audio_token_id} but the "
+                              f"model expects audio at token {model.config.audio_token_id}")
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.feature_extractor = processor.feature_extractor
+        self.name = name
+        self.audio_token_id = int(processor.audio_token_id)
+        self.audio_markup = processor.audio_bos_token + processor.audio_token + processor.audio_eos_token
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                          else self.tokenizer.eos_token_id)
+
+    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+                suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
+        """Batch through the processor (which expands the audio token), plus optional suffix tokens."""
+        clips = [np.asarray(a, dtype=np.float32) for a in audio]
+        limit = self.feature_extractor.n_samples
+        if any(len(clip) > limit for clip in clips):
+            raise InterpError(f"Qwen2-Audio hears at most {limit / SAMPLE_RATE:g} s per clip; its processor would "
+                              f"silently cut longer audio")
+        texts = []
+        for prompt in prompts:
+            before, after = split_prompt(chat_text(self.tokenizer, prompt))
+            texts.append(before + self.audio_markup + after)
+        processed = self.processor(text=texts, audio=clips, sampling_rate=SAMPLE_RATE, padding=True,
+                                   padding_side="right", return_tensors="pt")
+        lengths = processed["attention_mask"].sum(-1).tolist()
+        rows = [ids[:length].tolist() + list(suffix)
+                for ids, length, suffix in zip(processed["input_ids"], lengths, suffixes)]
+        input_ids, attention_mask = right_pad(rows, pad_id=self.pad_id)
+        audio_mask = input_ids == self.audio_token_id
+        audio_span = audio_spans(audio_mask, durations(clips), seconds_per_position=_TOKEN_SECONDS)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "input_features": processed["input_features"],
+                  "feature_attention_mask": processed["feature_attention_mask"]}
+        return SpeechBatch(inputs=inputs, input_ids=input_ids, attention_mask=attention_mask, audio_mask=audio_mask,
+                           audio_span=audio_span)
+
+    @torch.no_grad()
+    def logits(self, batch: SpeechBatch) -> Tensor:
+        return self.model(**batch.inputs).logits.float()
+
+    def sites(self) -> dict[str, Site]:
+        tower, llm = self.model.model.audio_tower, self.model.model.language_model
+        table = {f"audio.layers.{i}": Site(f"audio.layers.{i}", layer, seconds_per_row=_FRAME_SECONDS)
+                 for i, layer in enumerate(tower.layers)}
+        table["projector"] = Site("projector", self.model.model.multi_modal_projector, seconds_per_row=_TOKEN_SECONDS)
+        table["llm.embed"] = Site("llm.embed", llm.layers[0], take="input")
+        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(llm.layers)})
+        return table
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.model.language_model.norm
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.model.lm_head
+
+    @torch.no_grad()
+    def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
+        batch = self.prepare([audio], [prompt])
+        output = self.model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=self.pad_id)
+        return self.tokenizer.decode(output[0, batch.input_ids.shape[1]:], skip_special_tokens=True).strip()
