@@ -1,8 +1,8 @@
 """Tiny random instances of the real architectures, built offline, for unit tests (seconds, no download).
 
 Each has the real classes and the real wiring (placeholder spans, sites, chat template); only sizes
-and weights are made up. The tokenizer is a small byte-level BPE trained here on a fixed text, with a
-ChatML template like SmolLM2's.
+and weights are made up. The tokenizers are small byte-level BPEs trained here on a fixed text, with
+each model's special tokens and chat template.
 """
 
 from __future__ import annotations

@@ -137,12 +137,16 @@ class UltravoxModel(PreTrainedModel):
     base_model_prefix = ""
     _no_split_modules = ["WhisperEncoderLayer", "LlamaDecoderLayer"]
 
-    def __init__(self, config: UltravoxConfig) -> None:
+    def __init__(self, config: UltravoxConfig, *, language_model: PreTrainedModel | None = None) -> None:
+        """language_model: an already-loaded LLM to use as is (saves building and initialising a random one)."""
         super().__init__(config)
+        if config.audio_config._attn_implementation is None:  # sub-configs are not dispatched (transformers 5.24)
+            config.audio_config._attn_implementation = "sdpa"
         self.audio_tower = _ShortWhisperEncoder(config.audio_config)
         self.multi_modal_projector = UltravoxProjector(config)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
-        self.post_init()
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        if language_model is None:
+            self.post_init()
         self.multi_modal_projector.reset_norms()  # post_init sets every RMSNorm gain to 1
 
     def get_input_embeddings(self) -> nn.Module:

