@@ -42,6 +42,20 @@ def _progress(units, *, total: int, desc: str):
     return tqdm(units, total=total, desc=desc, unit="item", disable=None, file=sys.stderr)
 
 
+_DEVICE = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1.")
+_DTYPE = typer.Option("float32", help="Weights' precision for checkpoints: float32, bfloat16, float16.")
+_DEVICE_MAP = typer.Option(None, "--device-map", help="'auto' spreads a large checkpoint over all GPUs.")
+_MODEL_HELP = ("A model name (interp models list) or a local checkpoint: qwen2-audio:PATH, "
+               "ultravox:PATH[,audio=PATH][,llm=PATH], phi4mm:PATH, cascade:asr=PATH,llm=PATH.")
+
+
+def _load(model: str, device: str, dtype: str, device_map: str | None) -> object:
+    from interp.models.checkpoints import LoadOptions
+    from interp.models.mini import load_model
+
+    return load_model(model, options=LoadOptions(device=device, dtype=dtype, device_map=device_map))
+
+
 def _print_summary(root: Path) -> None:
     from interp.data.info import summarize
     from interp.data.manifest import SpokenSet
@@ -210,19 +224,21 @@ def models_list() -> None:
 @app.command("transcribe")
 def transcribe_set(
     spoken_set: Path = typer.Argument(..., metavar="SET", help="A spoken set folder."),
-    model: str = typer.Option("mini-whisper", help="An ASR model or a cascade (its ASR is used)."),
+    model: str = typer.Option("mini-whisper", help="An ASR model or a cascade (its ASR is used). " + _MODEL_HELP),
     limit: Optional[int] = typer.Option(None, help="Transcribe only the first N items."),
     batch_size: int = typer.Option(8, help="Clips per forward pass."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    device_map: Optional[str] = _DEVICE_MAP,
 ) -> None:
     """Transcribe a set and print the WER against its transcripts."""
     from interp.data.manifest import SpokenSet
     from interp.errors import InterpError
-    from interp.models.mini import load_model
     from interp.text_metrics import word_error_rate
 
     spoken = SpokenSet.open(spoken_set)
     items = spoken.items[:limit] if limit else spoken.items
-    system = load_model(model)
+    system = _load(model, device, dtype, device_map)
     asr = getattr(system, "asr", system)
     if not hasattr(asr, "transcribe"):
         raise InterpError(f"{model} is not an ASR model or a cascade; try mini-whisper")
@@ -238,23 +254,25 @@ def transcribe_set(
 
 @app.command("ask")
 def ask(
-    model: str = typer.Option(..., help="A speech LLM or cascade (interp models list)."),
+    model: str = typer.Option(..., help="A speech LLM or a cascade. " + _MODEL_HELP),
     audio: Path = typer.Option(..., help="A 16 kHz mono wav (other rates are refused)."),
     prompt: str = typer.Option("<|audio|>", help="The prompt; <|audio|> marks where the audio goes."),
     max_new_tokens: int = typer.Option(48, help="Length limit of the answer."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    device_map: Optional[str] = _DEVICE_MAP,
 ) -> None:
     """Ask one question about one audio file and print the greedy answer."""
     from interp.data.audio import SAMPLE_RATE, check_wav, read_audio
     from interp.errors import InterpError
     from interp.models.base import AUDIO_PLACEHOLDER, SpeechLM
     from interp.models.cascade import Cascade
-    from interp.models.mini import load_model
 
     check_wav(audio, expected_rate=SAMPLE_RATE)
     if AUDIO_PLACEHOLDER not in prompt:
         prompt = f"{AUDIO_PLACEHOLDER}\n{prompt}"
     samples, _ = read_audio(audio, to_rate=None)
-    system = load_model(model)
+    system = _load(model, device, dtype, device_map)
     if not isinstance(system, (SpeechLM, Cascade)):
         raise InterpError(f"{model} does not hear audio and answer; choose a speech LLM or a cascade")
     typer.echo(system.generate(samples, prompt, max_new_tokens=max_new_tokens))

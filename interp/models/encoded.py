@@ -17,7 +17,7 @@ from interp.data.audio import SAMPLE_RATE
 from interp.models.base import SpeechBatch
 from interp.models.prompting import choice_log_likelihoods, choice_token_ids
 
-__all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations"]
+__all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations", "on_device"]
 
 
 def right_pad(rows: Sequence[Sequence[int]], *, pad_id: int) -> tuple[Tensor, Tensor]:
@@ -46,6 +46,12 @@ def audio_spans(audio_mask: Tensor, durations: Sequence[float], *, seconds_per_p
         edges = np.minimum(np.arange(len(positions) + 1) * seconds_per_position, duration)
         spans[index, positions] = np.stack([edges[:-1], edges[1:]], axis=1)
     return spans
+
+
+def on_device(inputs: dict[str, Tensor], model: torch.nn.Module) -> dict[str, Tensor]:
+    """The batch's tensors on the model's device (batches are built on the CPU)."""
+    device = next(model.parameters()).device
+    return {key: value.to(device) for key, value in inputs.items()}
 
 
 def durations(audio: Sequence[np.ndarray]) -> list[float]:
@@ -78,4 +84,4 @@ class EncodedSpeechLM(ABC):
         starts = [int(end) - length for end, length in zip(batch.attention_mask.sum(-1), lengths)]
         scores = choice_log_likelihoods(self.logits(batch), batch.input_ids, choice_start=starts,
                                         choice_length=lengths)
-        return scores.numpy()
+        return scores.cpu().numpy()

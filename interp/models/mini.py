@@ -15,9 +15,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from interp.errors import InterpError
 from interp.models.cascade import Cascade, Oracle
+from interp.models.checkpoints import CHECKPOINT_SPECS, LoadOptions, load_checkpoint
 from interp.models.text_lm import TextLM
 from interp.models.tiny import TINY_MODELS
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
@@ -133,9 +135,34 @@ _BUILDERS: dict[str, Callable[[], object]] = {
 }
 
 
-def load_model(name: str) -> object:
-    """The model called `name` (see MODEL_CARDS). Raises InterpError listing the known names."""
+def _move(system: object, device: torch.device) -> None:
+    """Move every torch module that the system's own objects hold (adapter, ASR, LLM, converted Whisper)."""
+    pending, seen = [system], set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        for value in vars(item).values():
+            if isinstance(value, nn.Module):
+                value.to(device)
+            elif type(value).__module__.startswith("interp."):
+                pending.append(value)
+
+
+def load_model(name: str, *, options: LoadOptions | None = None) -> object:
+    """The model called `name` (see MODEL_CARDS), or the checkpoint a `kind:PATH` spec names (see
+    CHECKPOINT_SPECS). The named models only honour `options.device`: they are built in float32 on one device.
+    Raises InterpError listing the known names."""
+    if ":" in name:
+        return load_checkpoint(name, options=options or LoadOptions())
     if name not in _BUILDERS:
         raise InterpError(f"unknown model {name!r}; known models: {', '.join(MODEL_CARDS)} "
-                          "(list them: interp models list)")
-    return _BUILDERS[name]()
+                          f"(list them: interp models list), or a checkpoint: {', '.join(CHECKPOINT_SPECS.values())}")
+    device = options.torch_device() if options is not None else torch.device("cpu")
+    if options is not None and (options.dtype != "float32" or options.device_map is not None):
+        _log.warning("%s is built in float32 on one device; dtype and device_map apply to checkpoints only", name)
+    system = _BUILDERS[name]()
+    if device.type != "cpu":
+        _move(system, device)
+    return system

@@ -16,7 +16,7 @@ from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausal
 from interp.data.audio import SAMPLE_RATE
 from interp.errors import InterpError
 from interp.models.base import Site, SpeechBatch
-from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
 from interp.models.prompting import chat_text, split_prompt
 
 __all__ = ["Phi4MMSpeechLM"]
@@ -85,7 +85,7 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
 
     @torch.no_grad()
     def logits(self, batch: SpeechBatch) -> Tensor:
-        return self.model(**batch.inputs).logits.float()
+        return self.model(**on_device(batch.inputs, self.model)).logits.float()
 
     def sites(self) -> dict[str, Site]:
         speech, llm = self.model.model.embed_tokens_extend.audio_embed, self.model.model
@@ -107,6 +107,6 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
     @torch.no_grad()
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
         batch = self.prepare([audio], [prompt])
-        output = self.model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False,
+        output = self.model.generate(**on_device(batch.inputs, self.model), max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=self.pad_id)
         return self.tokenizer.decode(output[0, batch.input_ids.shape[1]:], skip_special_tokens=True).strip()

@@ -56,6 +56,7 @@ def choice_log_likelihoods(logits: Tensor, input_ids: Tensor, *, choice_start: S
     Returns (rows,) float64: Σ_t log softmax(logits[t-1])[input_ids[t]] over the choice positions t.
     """
     log_probs = torch.log_softmax(logits.double(), dim=-1)
+    input_ids = input_ids.to(logits.device)
     scores = []
     for row, (start, length) in enumerate(zip(choice_start, choice_length)):
         positions = torch.arange(start, start + length, device=logits.device)

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interp.models.base import Site
-from interp.models.encoded import right_pad
+from interp.models.encoded import on_device, right_pad
 from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
 
 __all__ = ["TextLM"]
@@ -41,17 +41,18 @@ class TextLM:
         head = self.prompt_ids(text, prompt)
         ids = choice_token_ids(self.tokenizer, choices)
         input_ids, attention_mask = right_pad([head + choice for choice in ids], pad_id=self.pad_id)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        logits = self.model(**on_device({"input_ids": input_ids, "attention_mask": attention_mask},
+                                        self.model)).logits.float()
         scores = choice_log_likelihoods(logits, input_ids, choice_start=[len(head)] * len(ids),
                                         choice_length=[len(choice) for choice in ids])
-        return scores.numpy()
+        return scores.cpu().numpy()
 
     @torch.no_grad()
     def generate(self, text: str, prompt: str, *, max_new_tokens: int = 32) -> str:
         """Greedy answer to the prompt with `text` in the placeholder."""
         input_ids, attention_mask = right_pad([self.prompt_ids(text, prompt)], pad_id=self.pad_id)
-        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                     max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+        output = self.model.generate(**on_device({"input_ids": input_ids, "attention_mask": attention_mask}, self.model),
+                                     do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
         return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
     def sites(self) -> dict[str, Site]:

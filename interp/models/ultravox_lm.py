@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from interp.data.audio import SAMPLE_RATE
 from interp.models.base import Site, SpeechBatch
-from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
 from interp.models.prompting import chat_text, split_prompt
 from interp.models.ultravox import ENCODER_DOWNSAMPLING, UltravoxModel, audio_token_count
 
@@ -71,7 +71,7 @@ class UltravoxSpeechLM(EncodedSpeechLM):
 
     @torch.no_grad()
     def logits(self, batch: SpeechBatch) -> Tensor:
-        return self.model(**batch.inputs).logits.float()
+        return self.model(**on_device(batch.inputs, self.model)).logits.float()
 
     def sites(self) -> dict[str, Site]:
         tower, llm = self.model.audio_tower, self.model.language_model.model
@@ -95,7 +95,7 @@ class UltravoxSpeechLM(EncodedSpeechLM):
     @torch.no_grad()
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
         batch = self.prepare([audio], [prompt])
-        inputs = batch.inputs
+        inputs = on_device(batch.inputs, self.model)
         embeds = self.model.embed(inputs["input_ids"], inputs["audio_values"], inputs["audio_lens"],
                                   inputs["audio_token_start_idx"], inputs["audio_token_len"])
         output = self.model.language_model.generate(

@@ -456,6 +456,7 @@ def transcribe(whisper: MiniWhisper, audio: list[np.ndarray], *, batch_size: int
         features = whisper.processor.feature_extractor(clips[start:start + batch_size], sampling_rate=SAMPLE_RATE,
                                                        return_tensors="pt")
         with torch.inference_mode():
-            tokens = whisper.model.generate(input_features=features.input_features.to(whisper.model.dtype))
+            tokens = whisper.model.generate(
+                input_features=features.input_features.to(whisper.model.device, whisper.model.dtype))
         texts += [text.strip() for text in whisper.processor.batch_decode(tokens, skip_special_tokens=True)]
     return texts

@@ -1,0 +1,342 @@
+"""Checkpoints by local path: tiny models saved as their real releases are, loaded back through `load_checkpoint`.
+
+Each loaded system must compute exactly what the original computes on the same audio; a folder that is
+not a checkpoint, or a checkpoint whose keys do not fit, must fail with one line that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    GenerationConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
+)
+
+from interp.errors import InterpError
+from interp.models.cascade import Cascade
+from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_checkpoint
+from interp.models.mini import load_model
+from interp.models.text_lm import TextLM
+from interp.models.tiny import tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox
+from interp.models.ultravox_lm import UltravoxSpeechLM
+from interp.models.weights import WeightsMissing
+
+PROMPT = "What is the sentiment? <|audio|> Answer with one word."
+CHOICES = ["positive", "negative"]
+FIXIE_FIELDS = {"model_type": "ultravox", "architectures": ["UltravoxModel"], "hidden_size": 64, "stack_factor": 8,
+                "norm_init": 0.4, "projector_act": "swiglu", "projector_ln_mid": True, "audio_latency_block_size": None,
+                "ignore_index": -100, "llm_only_training": False, "torch_dtype": "float32",
+                "auto_map": {"AutoConfig": "ultravox_config.UltravoxConfig",
+                             "AutoModel": "ultravox_model.UltravoxModel"},
+                "text_model_lora_config": {"r": 0, "lora_alpha": 8, "target_modules": ["k_proj", "q_proj"]}}
+"""What fixie-ai's UltravoxConfig writes besides the ids and sub-configs (ultravox_config.py, to_diff_dict)."""
+
+
+@pytest.fixture(scope="module")
+def audio() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [0.1 * rng.standard_normal(int(16000 * seconds)).astype(np.float32) for seconds in (0.6, 0.4)]
+
+
+def logits(system, audio: list[np.ndarray]) -> torch.Tensor:
+    return system.logits(system.prepare(audio, [PROMPT] * len(audio)))
+
+
+def load(spec: str, **options: str) -> object:
+    return load_checkpoint(spec, options=LoadOptions(**options))
+
+
+def one_line_error(error_type: type[Exception], spec: str) -> str:
+    with pytest.raises(error_type) as caught:
+        load(spec)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message
+
+
+# Qwen2-Audio and Phi-4-multimodal
+
+
+def test_qwen2_audio_loads_back_and_takes_the_processor_chat_template(tmp_path, audio) -> None:
+    """Qwen2-Audio-Instruct keeps its chat template on the processor only (legacy chat_template.json): the
+    loaded tokenizer gets it, so prompts read the same."""
+    tiny = tiny_qwen2_audio(seed=0)
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": tiny.tokenizer.chat_template}))
+    loaded = load(f"qwen2-audio:{tmp_path}")
+    assert loaded.name == f"qwen2-audio:{tmp_path}"
+    assert loaded.tokenizer.chat_template == tiny.tokenizer.chat_template
+    assert torch.equal(logits(loaded, audio[:1]), logits(tiny, audio[:1]))  # one clip: both pad it to 30 s
+
+
+def test_a_base_qwen2_audio_gets_no_chat_template(tmp_path) -> None:
+    """Without a stored template the processor holds its class default, meant for the Instruct model only."""
+    tiny = tiny_qwen2_audio(seed=0)
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    assert not load(f"qwen2-audio:{tmp_path}").tokenizer.chat_template
+
+
+def test_phi4mm_loads_back(tmp_path, audio) -> None:
+    tiny = tiny_phi4mm(seed=0)
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    tiny.feature_extractor.save_pretrained(tmp_path)
+    assert torch.equal(logits(load(f"phi4mm:{tmp_path}"), audio[:1]), logits(tiny, audio[:1]))
+
+
+# Ultravox, as fixie-ai releases it
+
+
+@pytest.fixture(scope="module")
+def ultravox() -> UltravoxSpeechLM:
+    return tiny_ultravox(seed=0)
+
+
+@pytest.fixture(scope="module")
+def expected(ultravox, audio) -> torch.Tensor:
+    """The tiny Ultravox's logits, which every loaded copy must reproduce."""
+    return logits(ultravox, audio)
+
+
+@pytest.fixture(scope="module")
+def bases(ultravox, tmp_path_factory) -> dict[str, Path]:
+    """The frozen parts as their own releases: a Whisper checkpoint (the encoder is the tiny one's, the
+    decoder random) and a Llama checkpoint with its tokenizer."""
+    root = tmp_path_factory.mktemp("bases")
+    with torch.random.fork_rng():
+        whisper = WhisperForConditionalGeneration(ultravox.model.config.audio_config)
+    whisper.model.encoder.load_state_dict(ultravox.model.audio_tower.state_dict(), strict=True)
+    whisper.save_pretrained(root / "whisper")
+    ultravox.feature_extractor.save_pretrained(root / "whisper")
+    ultravox.model.language_model.save_pretrained(root / "llama")
+    ultravox.tokenizer.save_pretrained(root / "llama")
+    return {"audio": root / "whisper", "llm": root / "llama"}
+
+
+def fixie_folder(folder: Path, ultravox: UltravoxSpeechLM, *, prefixes: tuple[str, ...], config: dict,
+                 extra: dict[str, torch.Tensor] | None = None, shards: int = 1) -> Path:
+    """config.json + safetensors holding only the keys under `prefixes`, as fixie-ai's diff_state_dict saves
+    them: one model.safetensors, or `shards` files and their model.safetensors.index.json."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**FIXIE_FIELDS, **config}))
+    tensors = {key: value.contiguous() for key, value in ultravox.model.state_dict().items()
+               if key.startswith(prefixes) and key != "language_model.lm_head.weight"}  # tied to the embeddings
+    tensors.update(extra or {})
+    if shards == 1:
+        save_file(tensors, folder / "model.safetensors")
+        return folder
+    weight_map = {}
+    for index in range(shards):
+        name, keys = f"model-{index + 1:05d}-of-{shards:05d}.safetensors", sorted(tensors)[index::shards]
+        save_file({key: tensors[key] for key in keys}, folder / name)
+        weight_map.update(dict.fromkeys(keys, name))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["projector, ids are local folders", "projector, bases in the spec",
+                                    "encoder and projector (v0.5+)"])
+def test_ultravox_release_loads_with_its_base_models(tmp_path, ultravox, bases, audio, expected, layout) -> None:
+    """Only the trained parts in the checkpoint; the frozen ones from the folders its ids (or the spec) name."""
+    hub_ids = {"audio_model_id": "openai/whisper-large-v3-turbo", "text_model_id": "meta-llama/Llama-3.1-8B-Instruct"}
+    if layout == "projector, ids are local folders":
+        folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("multi_modal_projector.",),
+                              config={"audio_model_id": str(bases["audio"]), "text_model_id": str(bases["llm"])})
+        spec = f"ultravox:{folder}"
+    elif layout == "projector, bases in the spec":
+        folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("multi_modal_projector.",), config=hub_ids)
+        spec = f"ultravox:{folder},audio={bases['audio']},llm={bases['llm']}"
+    else:  # the Whisper LoRA merged: audio_model_id dropped, the encoder and its config stored
+        config = {"audio_config": ultravox.model.config.audio_config.to_dict(), "audio_model_id": None,
+                  "text_model_id": hub_ids["text_model_id"]}
+        folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("multi_modal_projector.", "audio_tower."),
+                              config=config)
+        ultravox.tokenizer.save_pretrained(folder)
+        ultravox.feature_extractor.save_pretrained(folder)
+        spec = f"ultravox:{folder},llm={bases['llm']}"
+    loaded = load(spec)
+    assert isinstance(loaded, UltravoxSpeechLM) and loaded.name == spec
+    assert torch.equal(logits(loaded, audio), expected)
+
+
+def full_folder(folder: Path, ultravox: UltravoxSpeechLM, *, shards: int) -> Path:
+    """Every key, both sub-configs in config.json, tokenizer and feature extractor beside them."""
+    fixie_folder(folder, ultravox, prefixes=("audio_tower.", "multi_modal_projector.", "language_model."),
+                 config=ultravox.model.config.to_dict(), shards=shards)
+    ultravox.tokenizer.save_pretrained(folder)
+    ultravox.feature_extractor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def full_ultravox(ultravox, tmp_path_factory) -> Path:
+    return full_folder(tmp_path_factory.mktemp("full") / "ckpt", ultravox, shards=1)
+
+
+def test_ultravox_with_every_key_in_one_file_loads_alone(full_ultravox, audio, expected) -> None:
+    assert torch.equal(logits(load(f"ultravox:{full_ultravox}"), audio), expected)
+
+
+def test_ultravox_with_every_key_in_shards_loads_alone(tmp_path, ultravox, audio, expected) -> None:
+    folder = full_folder(tmp_path / "ckpt", ultravox, shards=2)
+    assert not (folder / "model.safetensors").exists()
+    assert torch.equal(logits(load(f"ultravox:{folder}"), audio), expected)
+
+
+def test_ultravox_loads_in_bfloat16_through_a_device_map(full_ultravox, audio, expected) -> None:
+    """device_map="auto" places everything on the CPU here; every weight, the LLM's and ours, is bfloat16."""
+    loaded = load(f"ultravox:{full_ultravox}", dtype="bfloat16", device_map="auto")
+    assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.bfloat16}
+    assert torch.allclose(logits(loaded, audio), expected, atol=0.1)
+
+
+def test_ultravox_refuses_a_checkpoint_key_it_does_not_use(tmp_path, ultravox, bases) -> None:
+    folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("multi_modal_projector.",),
+                          config={"audio_model_id": str(bases["audio"]), "text_model_id": str(bases["llm"])},
+                          extra={"multi_modal_projector.linear_3.weight": torch.zeros(2, 2)})
+    message = one_line_error(WeightsMissing, f"ultravox:{folder}")
+    assert str(folder) in message and "multi_modal_projector.linear_3.weight" in message and "does not use" in message
+
+
+def test_ultravox_without_its_base_models_says_how_to_pass_them(tmp_path, ultravox) -> None:
+    folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("multi_modal_projector.",),
+                          config={"audio_model_id": "openai/whisper-large-v3-turbo",
+                                  "text_model_id": "meta-llama/Llama-3.1-8B-Instruct"})
+    message = one_line_error(WeightsMissing, f"ultravox:{folder}")
+    assert "meta-llama/Llama-3.1-8B-Instruct" in message and f"ultravox:{folder},audio=PATH,llm=PATH" in message
+
+
+def test_ultravox_without_its_projector_names_the_missing_weights(tmp_path, ultravox, bases) -> None:
+    folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("audio_tower.",),
+                          config={"audio_model_id": str(bases["audio"]), "text_model_id": str(bases["llm"])})
+    message = one_line_error(WeightsMissing, f"ultravox:{folder}")
+    assert "multi_modal_projector.linear_1.weight" in message
+
+
+# Cascades
+
+
+def tiny_whisper() -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """A random 2+1-layer Whisper whose tokens are printable ASCII characters; it writes a few of them."""
+    vocab = {chr(code): index for index, code in enumerate(range(33, 127))}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|startoftranscript|>",
+                                                                               "<|notimestamps|>"])
+    eot, sot, no_timestamps = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>",
+                                                               "<|notimestamps|>"])
+    config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                           decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+                           vocab_size=len(tokenizer), max_source_positions=1500, max_target_positions=32,
+                           pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot,
+                                               pad_token_id=eot, no_timestamps_token_id=no_timestamps, max_length=6,
+                                               suppress_tokens=[sot, no_timestamps], begin_suppress_tokens=[eot],
+                                               is_multilingual=False, return_timestamps=False)
+    return model, WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def cascade_folders(tmp_path_factory) -> tuple[Path, Path, WhisperCheckpointASR, TextLM]:
+    root = tmp_path_factory.mktemp("cascade")
+    whisper, processor = tiny_whisper()
+    whisper.save_pretrained(root / "whisper")
+    processor.save_pretrained(root / "whisper")
+    llm = tiny_text_lm(seed=0)
+    llm.model.save_pretrained(root / "llama")
+    llm.tokenizer.save_pretrained(root / "llama")
+    return root / "whisper", root / "llama", WhisperCheckpointASR(whisper, processor, name="w", source="memory"), llm
+
+
+def test_cascade_loads_its_whisper_and_its_llm(cascade_folders, audio) -> None:
+    asr_folder, llm_folder, asr, llm = cascade_folders
+    spec = f"cascade:asr={asr_folder},llm={llm_folder}"
+    loaded = load(spec)
+    assert isinstance(loaded, Cascade) and loaded.name == spec
+    transcript = loaded.transcribe(audio[0])
+    assert transcript and transcript == asr.transcribe(audio[:1])[0]
+    np.testing.assert_array_equal(loaded.llm.score_choices(transcript, PROMPT, CHOICES),
+                                  llm.score_choices(transcript, PROMPT, CHOICES))
+
+
+def test_a_transformers_checkpoint_with_a_key_its_model_does_not_use_is_refused(tmp_path, cascade_folders) -> None:
+    asr_folder, llm_folder, _, _ = cascade_folders
+    shutil.copytree(llm_folder, tmp_path / "llama")
+    tensors = load_file(tmp_path / "llama" / "model.safetensors")
+    save_file({**tensors, "model.layers.0.mlp.extra.weight": torch.zeros(2)}, tmp_path / "llama" / "model.safetensors",
+              metadata={"format": "pt"})
+    message = one_line_error(WeightsMissing, f"cascade:asr={asr_folder},llm={tmp_path / 'llama'}")
+    assert str(tmp_path / "llama") in message and "model.layers.0.mlp.extra.weight" in message
+
+
+def test_cascade_needs_both_parts(cascade_folders) -> None:
+    asr_folder, _, _, _ = cascade_folders
+    assert "asr=PATH,llm=PATH" in one_line_error(InterpError, f"cascade:asr={asr_folder}")
+    assert "tts=" in one_line_error(InterpError, f"cascade:asr={asr_folder},tts=/x")
+
+
+# Specs, folders and options
+
+
+def test_an_unknown_kind_lists_the_kinds() -> None:
+    message = one_line_error(InterpError, "llama:/models/llama")
+    assert "'llama'" in message and "qwen2-audio:PATH" in message and "cascade:asr=PATH,llm=PATH" in message
+
+
+def test_a_missing_folder_is_named(tmp_path) -> None:
+    message = one_line_error(WeightsMissing, f"qwen2-audio:{tmp_path / 'nowhere'}")
+    assert str(tmp_path / "nowhere") in message and "does not exist" in message and "config.json" in message
+
+
+def test_a_folder_without_config_or_weights_is_not_a_checkpoint(tmp_path) -> None:
+    message = one_line_error(WeightsMissing, f"phi4mm:{tmp_path}")
+    assert str(tmp_path) in message and "no config.json" in message
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    assert "safetensors only" in one_line_error(WeightsMissing, f"phi4mm:{tmp_path}")
+
+
+def test_a_checkpoint_of_another_kind_is_refused(cascade_folders) -> None:
+    _, llm_folder, _, _ = cascade_folders
+    message = one_line_error(InterpError, f"qwen2-audio:{llm_folder}")
+    assert "'llama'" in message and "'qwen2_audio'" in message
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(InterpError, match="float64"):
+        LoadOptions(dtype="float64")
+    with pytest.raises(InterpError, match="not a torch device"):
+        LoadOptions(device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InterpError, match="no CUDA GPU"):
+            load("qwen2-audio:/anywhere", device="cuda")
+
+
+def test_load_model_hands_paths_to_load_checkpoint() -> None:
+    with pytest.raises(InterpError, match="qwen2-audio:PATH"):
+        load_model("nope:/x")
+    with pytest.raises(WeightsMissing, match="does not exist"):
+        load_model("phi4mm:/nowhere", options=LoadOptions(dtype="bfloat16"))
+    assert isinstance(load_model("tiny-llama", options=LoadOptions()), TextLM)
+
+
+def test_load_model_moves_a_named_model_to_the_device() -> None:
+    """The meta device stands in for a GPU: every module the adapter holds must have moved."""
+    moved = load_model("tiny-ultravox", options=LoadOptions(device="meta"))
+    assert {parameter.device.type for parameter in moved.model.parameters()} == {"meta"}
