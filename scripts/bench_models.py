@@ -50,7 +50,7 @@ def main() -> None:
     for name, rate in rows:
         print(f"{name:20s} {rate:8.2f} {rate / baseline:10.2f}")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"peak RSS with oracle, mini-cascade and mini-ultravox loaded: {peak_gb:.2f} GB")
+    print(f"peak RSS with oracle, mini-cascade and mini-ultravox loaded (one shared SmolLM2): {peak_gb:.2f} GB")
 
 
 if __name__ == "__main__":

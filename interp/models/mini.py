@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.util import find_spec
 from typing import Literal
 
@@ -89,13 +90,17 @@ class WhisperASR:
         return transcribe(self.whisper, list(audio))
 
 
+@lru_cache(maxsize=None)
 def _smollm2() -> TextLM:
+    """One SmolLM2 per process, shared by mini-ultravox, the cascades and the oracle (all frozen, eval mode).
+    A hook on its layers therefore reaches every system built on it while the hook is in place."""
     from interp.models.gguf_llm import load_gguf_llm
 
     llm = load_gguf_llm("smollm2-135m-instruct")
     return TextLM(llm.model, llm.tokenizer, name="smollm2-135m-instruct")
 
 
+@lru_cache(maxsize=None)
 def _gemma() -> TextLM:
     from interp.models.gguf_llm import load_gguf_llm
 
