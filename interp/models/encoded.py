@@ -62,6 +62,8 @@ class EncodedSpeechLM(ABC):
     """Base of the speech adapters: `prepare` and `score_choices` from one `_encode`."""
 
     tokenizer: object
+    model: torch.nn.Module
+    pad_id: int
 
     @abstractmethod
     def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
@@ -85,3 +87,11 @@ class EncodedSpeechLM(ABC):
         scores = choice_log_likelihoods(self.logits(batch), batch.input_ids, choice_start=starts,
                                         choice_length=lengths)
         return scores.cpu().numpy()
+
+    @torch.no_grad()
+    def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
+        """Greedy answer, for models whose own `generate` merges the audio (Qwen2-Audio, Phi-4-MM)."""
+        batch = self.prepare([audio], [prompt])
+        output = self.model.generate(**on_device(batch.inputs, self.model), max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=self.pad_id)
+        return self.tokenizer.decode(output[0, batch.input_ids.shape[1]:], skip_special_tokens=True).strip()

@@ -96,10 +96,3 @@ class Qwen2AudioSpeechLM(EncodedSpeechLM):
     @property
     def unembed(self) -> nn.Module:
         return self.model.lm_head
-
-    @torch.no_grad()
-    def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
-        batch = self.prepare([audio], [prompt])
-        output = self.model.generate(**on_device(batch.inputs, self.model), max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=self.pad_id)
-        return self.tokenizer.decode(output[0, batch.input_ids.shape[1]:], skip_special_tokens=True).strip()
