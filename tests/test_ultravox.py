@@ -60,3 +60,15 @@ def test_audio_spans_cover_the_audio_in_160ms_steps(model, audio) -> None:
     assert spans[0].tolist() == [0.0, 0.16] and spans[-1][1] == pytest.approx(1.3)
     assert np.isnan(batch.audio_span[1][~batch.audio_mask[1].numpy()]).all()
 
+
+
+def test_config_leaves_the_configs_it_was_given_unchanged() -> None:
+    """Building an Ultravox around an already-loaded LLM must not switch that LLM's attention path
+    (transformers 5.24's PretrainedConfig resets sub-configs' attention implementation)."""
+    from interp.models.ultravox import UltravoxConfig
+
+    base = tiny_ultravox_config(vocab_size=400)
+    text, audio = base.text_config, base.audio_config
+    text._attn_implementation = audio._attn_implementation = "sdpa"
+    UltravoxConfig(audio, text, hidden_size=64)
+    assert text._attn_implementation == "sdpa" and audio._attn_implementation == "sdpa"

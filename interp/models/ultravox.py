@@ -16,6 +16,7 @@ fixie-ai/ultravox (ultravox/model/ultravox_model.py) with the same state-dict ke
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -54,8 +55,10 @@ class UltravoxConfig(PretrainedConfig):
         if isinstance(text_config, dict):
             text_config = CONFIG_MAPPING[text_config.get("model_type", "llama")](
                 **{k: v for k, v in text_config.items() if k != "model_type"})
-        self.audio_config = audio_config if audio_config is not None else WhisperConfig()
-        self.text_config = text_config if text_config is not None else CONFIG_MAPPING["llama"]()
+        # Copies: PretrainedConfig.__init__ resets the sub-configs' attention implementation (transformers
+        # 5.24), which would switch a shared, already-loaded LLM from sdpa to the fallback path.
+        self.audio_config = copy.deepcopy(audio_config) if audio_config is not None else WhisperConfig()
+        self.text_config = copy.deepcopy(text_config) if text_config is not None else CONFIG_MAPPING["llama"]()
         self.hidden_size = hidden_size
         self.stack_factor = stack_factor
         self.norm_init = norm_init
