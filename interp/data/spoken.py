@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from interp.data.audio import SAMPLE_RATE, read_audio
 from interp.data.manifest import AUDIO_DIR, Item, Speech
 from interp.data.text_items import TextItem
-from interp.data.tts import EngineName, open_engine, vary_settings
+from interp.data.tts import EngineName, Utterance, open_engine, vary_settings
 from interp.data.writer import SetWriter
 from interp.errors import DataError
 
@@ -31,12 +32,13 @@ def _item_rng(seed: int, item_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(item_id.encode())])
 
 
-def _voice(text_item: TextItem, *, engine: EngineName, seed: int, use_recording: bool
-           ) -> tuple[np.ndarray, Speech, tuple | None]:
-    """Samples (16 kHz float32), how they were made, and word timings (None for natural audio)."""
+def _voice(text_item: TextItem, *, engine: EngineName, seed: int, use_recording: bool) -> Utterance:
+    """The item's audio (16 kHz float32, peak-limited), how it was made, and its word timings
+    (None for natural audio)."""
     if use_recording and text_item.recording is not None:
         samples, _ = read_audio(text_item.recording)
-        return _limit_peak(samples), Speech(kind="natural", recording=text_item.recording.name), None
+        return Utterance(samples=_limit_peak(samples), words=None,
+                         speech=Speech(kind="natural", recording=text_item.recording.name))
     if text_item.voice is not None:
         engine = text_item.engine or engine
         settings = text_item.voice
@@ -45,7 +47,7 @@ def _voice(text_item: TextItem, *, engine: EngineName, seed: int, use_recording:
     utterance = open_engine(engine).speak(text_item.transcript, settings)
     if utterance.samples.size == 0:
         raise DataError(f"item {text_item.id}: {engine} produced no audio for {text_item.transcript!r}")
-    return _limit_peak(utterance.samples), utterance.speech, utterance.words
+    return replace(utterance, samples=_limit_peak(utterance.samples))
 
 
 def _limit_peak(samples: np.ndarray) -> np.ndarray:
@@ -74,11 +76,11 @@ def write_spoken_set(items: list[TextItem], out: Path, *, engine: EngineName, se
     with SetWriter(out, config=config, overwrite=overwrite) as writer:
         for text_item in items:
             if not writer.has(text_item.id):
-                samples, speech, words = _voice(text_item, engine=engine, seed=seed, use_recording=use_recordings)
+                voiced = _voice(text_item, engine=engine, seed=seed, use_recording=use_recordings)
                 writer.add(Item(
                     id=text_item.id, task=text_item.task, audio=f"{AUDIO_DIR}/{text_item.id}.wav",
-                    sample_rate=SAMPLE_RATE, duration=samples.size / SAMPLE_RATE, transcript=text_item.transcript,
-                    choices=text_item.choices, label=text_item.label, source=text_item.source, speech=speech,
-                    words=words), samples)
+                    sample_rate=SAMPLE_RATE, duration=voiced.duration, transcript=text_item.transcript,
+                    choices=text_item.choices, label=text_item.label, source=text_item.source, speech=voiced.speech,
+                    words=voiced.words), voiced.samples)
             yield text_item.id
         writer.commit(provenance)

@@ -62,10 +62,10 @@ class PiperSettings:
 
 @dataclass(frozen=True)
 class Utterance:
-    """Synthesised speech: (samples,) float32 at 16 kHz, word timings, and how it was made."""
+    """Speech audio: (samples,) float32 at 16 kHz, word timings (None where unknown), and how it was made."""
 
     samples: np.ndarray
-    words: tuple[Word, ...]
+    words: tuple[Word, ...] | None
     speech: Speech
 
     @property

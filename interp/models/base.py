@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Callable, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from interp.errors import InterpError
 
-__all__ = ["AUDIO_PLACEHOLDER", "SiteError", "Site", "SpeechBatch", "SpeechLM", "expand_sites", "describe_sites"]
+__all__ = ["AUDIO_PLACEHOLDER", "SiteError", "Site", "SpeechBatch", "SpeechLM", "expand_sites", "describe_sites",
+           "llm_sites", "build_seeded"]
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 """Where the audio goes in a prompt. An end-to-end model puts its audio embeddings there; a cascade
@@ -131,3 +133,26 @@ def expand_sites(spec: str, available: Sequence[str]) -> list[str]:
     if not wanted:
         raise SiteError(f"no site in {spec!r}: available sites are {describe_sites(available)}")
     return [s for s in available if s in wanted]
+
+
+def llm_sites(layers: Sequence[nn.Module]) -> dict[str, Site]:
+    """`llm.embed` (input of decoder layer 0) and `llm.layers.{i}` (output of layer i) of a decoder stack."""
+    table = {"llm.embed": Site("llm.embed", layers[0], take="input")}
+    table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(layers)})
+    return table
+
+
+_Built = TypeVar("_Built")
+
+
+def build_seeded(build: Callable[[], _Built], *, seed: int) -> _Built:
+    """Call `build` with torch's global generator seeded, then restore the generator.
+
+    Module initialisers draw from the global generator; library code must not leave it changed.
+    """
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)

@@ -70,9 +70,10 @@ class EncodedSpeechLM(ABC):
                 suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
         """Right-padded batch of prompts with their audio, each followed by its suffix token ids."""
 
-    @abstractmethod
+    @torch.no_grad()
     def logits(self, batch: SpeechBatch) -> Tensor:
-        """(batch, seq, vocab) float32."""
+        """(batch, seq, vocab) float32: the model's forward on the batch's inputs."""
+        return self.model(**on_device(batch.inputs, self.model)).logits.float()
 
     def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
         return self._encode(audio, prompts, [[] for _ in prompts])

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from interp.errors import InterpError
+from interp.models.base import build_seeded
 from interp.models.cascade import Cascade, Oracle
 from interp.models.checkpoints import CHECKPOINT_SPECS, LoadOptions, load_checkpoint
 from interp.models.text_lm import TextLM
@@ -115,12 +116,7 @@ def _mini_ultravox() -> UltravoxSpeechLM:
     whisper, llm = load_mini_whisper("base"), _smollm2()
     config = UltravoxConfig(whisper.model.config, llm.model.config, hidden_size=MINI_ULTRAVOX_PROJECTOR_HIDDEN,
                             stack_factor=8, projector_ln_mid=True)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        model = UltravoxModel(config, language_model=llm.model)
-    finally:
-        torch.random.set_rng_state(state)
+    model = build_seeded(lambda: UltravoxModel(config, language_model=llm.model), seed=0)
     model.audio_tower.load_state_dict(whisper.model.model.encoder.state_dict(), strict=True)
     _log.warning("mini-ultravox: the projector is UNTRAINED (random, seed 0); its answers mean nothing until the "
                  "trained projector ships (scripts/train_projector.py)")

@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM, PreTrainedTokenizerBase
 
 from interp.data.audio import SAMPLE_RATE
 from interp.errors import InterpError
-from interp.models.base import Site, SpeechBatch
-from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
+from interp.models.base import Site, SpeechBatch, llm_sites
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
 from interp.models.prompting import chat_text, split_prompt
 
 __all__ = ["Phi4MMSpeechLM"]
@@ -83,17 +82,12 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
         return SpeechBatch(inputs=inputs, input_ids=input_ids, attention_mask=attention_mask, audio_mask=audio_mask,
                            audio_span=audio_span)
 
-    @torch.no_grad()
-    def logits(self, batch: SpeechBatch) -> Tensor:
-        return self.model(**on_device(batch.inputs, self.model)).logits.float()
-
     def sites(self) -> dict[str, Site]:
         speech, llm = self.model.model.embed_tokens_extend.audio_embed, self.model.model
         table = {f"audio.layers.{i}": Site(f"audio.layers.{i}", layer, seconds_per_row=self._row_seconds)
                  for i, layer in enumerate(speech.encoder.encoders)}
         table["projector"] = Site("projector", speech.down_proj_for_speech, seconds_per_row=self._row_seconds)
-        table["llm.embed"] = Site("llm.embed", llm.layers[0], take="input")
-        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(llm.layers)})
+        table.update(llm_sites(llm.layers))
         return table
 
     @property

@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from interp.data.audio import SAMPLE_RATE
 from interp.errors import InterpError
-from interp.models.base import Site, SpeechBatch
-from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
+from interp.models.base import Site, SpeechBatch, llm_sites
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
 from interp.models.prompting import chat_text, split_prompt
 
 __all__ = ["Qwen2AudioSpeechLM"]
@@ -76,17 +75,12 @@ class Qwen2AudioSpeechLM(EncodedSpeechLM):
         return SpeechBatch(inputs=inputs, input_ids=input_ids, attention_mask=attention_mask, audio_mask=audio_mask,
                            audio_span=audio_span)
 
-    @torch.no_grad()
-    def logits(self, batch: SpeechBatch) -> Tensor:
-        return self.model(**on_device(batch.inputs, self.model)).logits.float()
-
     def sites(self) -> dict[str, Site]:
         tower, llm = self.model.model.audio_tower, self.model.model.language_model
         table = {f"audio.layers.{i}": Site(f"audio.layers.{i}", layer, seconds_per_row=_FRAME_SECONDS)
                  for i, layer in enumerate(tower.layers)}
         table["projector"] = Site("projector", self.model.model.multi_modal_projector, seconds_per_row=_TOKEN_SECONDS)
-        table["llm.embed"] = Site("llm.embed", llm.layers[0], take="input")
-        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(llm.layers)})
+        table.update(llm_sites(llm.layers))
         return table
 
     @property

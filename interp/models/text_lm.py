@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from interp.models.base import Site
+from interp.models.base import Site, llm_sites
 from interp.models.encoded import on_device, right_pad
 from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
 
@@ -56,10 +56,7 @@ class TextLM:
         return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
     def sites(self) -> dict[str, Site]:
-        layers = self.model.model.layers
-        table = {"llm.embed": Site("llm.embed", layers[0], take="input")}
-        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(layers)})
-        return table
+        return llm_sites(self.model.model.layers)
 
     @property
     def final_norm(self) -> nn.Module:

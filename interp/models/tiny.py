@@ -7,7 +7,6 @@ each model's special tokens and chat template.
 
 from __future__ import annotations
 
-import torch
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -28,6 +27,7 @@ from transformers import (
 
 from interp.models.phi4mm import Phi4MMSpeechLM
 from interp.models.qwen2_audio import Qwen2AudioSpeechLM
+from interp.models.base import build_seeded
 from interp.models.text_lm import TextLM
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
@@ -74,28 +74,17 @@ def tiny_ultravox_config(*, vocab_size: int) -> UltravoxConfig:
     return UltravoxConfig(audio, text, hidden_size=64, stack_factor=8, projector_ln_mid=True)
 
 
-def _seeded(build, seed: int):
-    """Build a model with torch's global generator seeded, then restore it (module initialisers draw
-    from the global generator; library code must not leave it changed)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return build()
-    finally:
-        torch.random.set_rng_state(state)
-
-
 def tiny_text_lm(*, seed: int = 0) -> TextLM:
     """`tiny-llama`: the text LLM of tiny-ultravox alone, for cascade and oracle tests."""
     tokenizer = tiny_tokenizer()
     config = tiny_ultravox_config(vocab_size=len(tokenizer)).text_config
-    return TextLM(_seeded(lambda: LlamaForCausalLM(config), seed), tokenizer, name="tiny-llama")
+    return TextLM(build_seeded(lambda: LlamaForCausalLM(config), seed=seed), tokenizer, name="tiny-llama")
 
 
 def tiny_ultravox(*, seed: int = 0) -> UltravoxSpeechLM:
     """`tiny-ultravox`: 2 encoder layers, the real projector, a 3-layer Llama; seeded random weights."""
     tokenizer = tiny_tokenizer()
-    model = _seeded(lambda: UltravoxModel(tiny_ultravox_config(vocab_size=len(tokenizer))), seed)
+    model = build_seeded(lambda: UltravoxModel(tiny_ultravox_config(vocab_size=len(tokenizer))), seed=seed)
     return UltravoxSpeechLM(model, tokenizer, WhisperFeatureExtractor(feature_size=80), name="tiny-ultravox")
 
 
@@ -144,7 +133,7 @@ def tiny_qwen2_audio(*, seed: int = 0) -> Qwen2AudioSpeechLM:
     projector and a 3-layer Qwen2, behind the real Qwen2AudioProcessor; seeded random weights."""
     tokenizer = tiny_qwen2_audio_tokenizer()
     config = tiny_qwen2_audio_config(vocab_size=len(tokenizer), audio_token_id=tokenizer.audio_token_id)
-    model = _seeded(lambda: Qwen2AudioForConditionalGeneration(config), seed)
+    model = build_seeded(lambda: Qwen2AudioForConditionalGeneration(config), seed=seed)
     processor = Qwen2AudioProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
     return Qwen2AudioSpeechLM(model, processor, name="tiny-qwen2-audio")
 
@@ -181,7 +170,7 @@ def tiny_phi4mm(*, seed: int = 0) -> Phi4MMSpeechLM:
     config = tiny_phi4mm_config(vocab_size=len(tokenizer), image_token_id=tokenizer.image_token_id,
                                 audio_token_id=tokenizer.audio_token_id,
                                 eos_token_ids=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")])
-    model = _seeded(lambda: Phi4MultimodalForCausalLM(config), seed)
+    model = build_seeded(lambda: Phi4MultimodalForCausalLM(config), seed=seed)
     return Phi4MMSpeechLM(model, tokenizer, Phi4MultimodalFeatureExtractor(), name="tiny-phi4mm")
 
 

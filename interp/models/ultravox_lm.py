@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from interp.data.audio import SAMPLE_RATE
-from interp.models.base import Site, SpeechBatch
+from interp.models.base import Site, SpeechBatch, llm_sites
 from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
 from interp.models.prompting import chat_text, split_prompt
 from interp.models.ultravox import ENCODER_DOWNSAMPLING, UltravoxModel, audio_token_count
@@ -69,10 +69,6 @@ class UltravoxSpeechLM(EncodedSpeechLM):
         return SpeechBatch(inputs=inputs, input_ids=input_ids, attention_mask=attention_mask, audio_mask=audio_mask,
                            audio_span=audio_span)
 
-    @torch.no_grad()
-    def logits(self, batch: SpeechBatch) -> Tensor:
-        return self.model(**on_device(batch.inputs, self.model)).logits.float()
-
     def sites(self) -> dict[str, Site]:
         tower, llm = self.model.audio_tower, self.model.language_model.model
         frame_seconds = _MEL_SECONDS * ENCODER_DOWNSAMPLING
@@ -80,8 +76,7 @@ class UltravoxSpeechLM(EncodedSpeechLM):
                  for i, layer in enumerate(tower.layers)}
         table["projector"] = Site("projector", self.model.multi_modal_projector,
                                   seconds_per_row=frame_seconds * self._stack_factor)
-        table["llm.embed"] = Site("llm.embed", llm.layers[0], take="input")
-        table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(llm.layers)})
+        table.update(llm_sites(llm.layers))
         return table
 
     @property
