@@ -252,6 +252,132 @@ def transcribe_set(
     typer.echo(f"WER {wer:.4f} over {len(items)} items ({model})")
 
 
+def _shard(shard: str | None) -> tuple[int, int]:
+    """(rank, world) from `--shard k/N`, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    import os
+
+    if shard is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise InterpError(f"--shard {shard!r}: expected k/N, e.g. 0/4") from None
+    if not 0 <= rank < world:
+        raise InterpError(f"--shard {shard}: k must be in 0..N-1")
+    return rank, world
+
+
+@app.command("extract")
+def extract_command(
+    model: str = typer.Option(..., help="An end-to-end speech LLM. " + _MODEL_HELP),
+    data: Path = typer.Option(..., help="A spoken set folder."),
+    out: Path = typer.Option(..., help="The cache folder (created; an unfinished one is resumed)."),
+    sites: str = typer.Option("llm.layers.*", help="Sites: llm.layers.0,4,8 | llm.layers.* | projector,llm.layers.* | "
+                              "audio.layers.* (encoder sites go in a cache of their own)."),
+    positions: str = typer.Option("audio", help="Rows to keep: audio, text or all positions of the LLM sequence."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored precision: float16 (overflow stops with the site "
+                              "named), bfloat16 or float32."),
+    batch_size: int = typer.Option(8, help="Items per forward pass (right-padded; rows do not depend on it)."),
+    shard: Optional[str] = typer.Option(None, help="k/N: this worker takes items k, k+N, ... (SLURM arrays); "
+                                        "under torchrun RANK/WORLD_SIZE are used. Then run `interp cache finalize`."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N items of the set."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt with <|audio|> for every item (default: each item's "
+                                         "task prompt, as the behaviour harness asks it)."),
+    items_per_shard: int = typer.Option(64, help="Items per shard file (a crash loses at most one shard)."),
+    overwrite: bool = typer.Option(False, help="Replace a cache made with another model, sites or settings."),
+    device: str = _DEVICE,
+    model_dtype: str = typer.Option("float32", "--model-dtype", help="Weights' precision for checkpoints."),
+    device_map: Optional[str] = _DEVICE_MAP,
+) -> None:
+    """Cache activations of a speech LLM at its named sites to sharded HDF5 (resumable)."""
+    from activations.extract import extract, plan_extraction
+    from activations.format import DTYPES, POSITIONS
+    from interp.data.manifest import SpokenSet
+    from interp.provenance import provenance
+    from interp.task_prompts import task_prompt
+
+    if dtype not in DTYPES:
+        raise InterpError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if positions not in POSITIONS:
+        raise InterpError(f"--positions {positions!r}: choose one of {', '.join(POSITIONS)}")
+    rank, world = _shard(shard)
+    if device.startswith("cuda") and world > 1 and shard is None:
+        import os
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    spoken = SpokenSet.open(data)
+    system = _load(model, device, model_dtype, device_map)
+    plan = plan_extraction(system, sites, positions)
+    prompt_for = (lambda item: prompt) if prompt else (lambda item: task_prompt(item.task).for_item(item))
+    if prompt is not None:
+        from interp.models.prompting import split_prompt
+
+        split_prompt(prompt)
+    config = {"model": model, "data": str(data), "sites": list(plan.sites), "positions": positions, "dtype": dtype,
+              "batch_size": batch_size, "limit": limit, "prompt": prompt, "rank": rank, "world": world}
+    total = len([i for i in range(len(spoken.items[:limit])) if i % world == rank])
+    with _progress(None, total=total, desc=f"extracting {model}") as bar:
+        writer = extract(system, spoken, out, plan=plan, prompt_for=prompt_for, dtype=dtype, batch_size=batch_size,
+                         rank=rank, world=world, limit=limit, overwrite=overwrite,
+                         model_info={"spec": model, "class": type(system).__name__},
+                         provenance=provenance(command="interp extract", config=config, seed=None),
+                         items_per_shard=items_per_shard, progress=bar.update)
+    typer.echo(f"cache: {out} ({len(writer.done)} items of rank {rank}/{world}, sites {len(plan.sites)}, {dtype})")
+    if world > 1:
+        typer.echo(f"when every rank has finished: interp cache finalize {out}")
+
+
+cache_app = typer.Typer(help="Activation caches: inspect, verify, merge shards of several workers, export.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info(cache: Path = typer.Argument(..., metavar="CACHE")) -> None:
+    """Model, sites, dtype, items, rows, bytes, versions and git commit of a cache."""
+    from activations.maintenance import info
+
+    summary = info(cache)
+    typer.echo(f"cache: {cache}")
+    typer.echo(f"model: {summary['model']}")
+    sites = summary["sites"]
+    typer.echo(f"sites: {len(sites)} ({', '.join(f'{name} {dim}' for name, dim in sites.items())})")
+    for key in ("dtype", "positions", "dataset", "items", "rows", "shards", "bytes", "finalized", "git_commit"):
+        typer.echo(f"{key}: {summary.get(key)}")
+    typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in (summary.get("versions") or {}).items()))
+
+
+@cache_app.command("verify")
+def cache_verify(cache: Path = typer.Argument(..., metavar="CACHE")) -> None:
+    """Check checksums, offsets, dims and finiteness of every shard; exit 1 when a problem is found."""
+    from activations.maintenance import verify
+
+    report = verify(cache)
+    for problem in report.problems:
+        typer.echo(f"problem: {problem}")
+    typer.echo(f"{'ok' if report.ok else 'FAILED'}: {report.shards} shards, {report.items} items, {report.rows} rows, "
+               f"{report.bytes} bytes")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@cache_app.command("finalize")
+def cache_finalize(cache: Path = typer.Argument(..., metavar="CACHE")) -> None:
+    """Merge the manifests written by the ranks of a multi-worker extraction (--shard k/N or torchrun)."""
+    from activations.maintenance import finalize
+
+    typer.echo(f"manifest: {finalize(cache)}")
+
+
+@cache_app.command("export")
+def cache_export(cache: Path = typer.Argument(..., metavar="CACHE"),
+                 out: Path = typer.Option(..., help="The single .h5 file to write.")) -> None:
+    """Copy a cache into one self-contained .h5 file (same layout as a shard, header included)."""
+    from activations.maintenance import export
+
+    typer.echo(f"exported: {export(cache, out)}")
+
+
 @app.command("ask")
 def ask(
     model: str = typer.Option(..., help="A speech LLM or a cascade. " + _MODEL_HELP),
@@ -276,6 +402,165 @@ def ask(
     if not isinstance(system, (SpeechLM, Cascade)):
         raise InterpError(f"{model} does not hear audio and answer; choose a speech LLM or a cascade")
     typer.echo(system.generate(samples, prompt, max_new_tokens=max_new_tokens))
+
+
+_SYSTEMS_HELP = ("Comma-separated systems: model names (interp models list), checkpoint specs (" + _MODEL_HELP.split(
+    "checkpoint: ")[-1].rstrip(".") + ") or endpoint:URL,model=NAME[,key_env=VAR][,timeout=S][,raw_prompts=1]; "
+    "end any of them with ,name=NAME to choose its folder name.")
+
+
+@app.command("behave", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def behave(
+    ctx: typer.Context,
+    systems: str = typer.Option(..., help=_SYSTEMS_HELP),
+    data: list[Path] = typer.Option(..., "--data", metavar="SET", help="Spoken set folders: --data SET [SET ...]."),
+    out: Path = typer.Option(..., "--out", metavar="RUN", help="Run folder; predictions go to RUN/<system>/<set>.jsonl."),
+    limit: Optional[int] = typer.Option(None, help="Answer only the first N items of each set."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    device_map: Optional[str] = _DEVICE_MAP,
+) -> None:
+    """Let every system answer every item of every set (resumable), then print accuracy per system and set.
+
+    Forced choice by the summed log-likelihood of each choice (batch-calibrated where the task's prompt says
+    so), open answers by greedy generation; an endpoint answers forced choices by generation + parsing.
+    """
+    from tqdm import tqdm
+
+    from interp.behavior import parse_systems, record_run, run_summary, run_system, set_name
+    from interp.data.manifest import SpokenSet
+    from interp.errors import DataError
+    from interp.models.checkpoints import LoadOptions
+    from interp.task_prompts import task_prompt
+
+    specs = parse_systems(systems)
+    folders = list(data)
+    for extra in ctx.args:
+        if extra.startswith("-"):
+            raise DataError(f"unexpected option {extra!r}")
+        folders.append(Path(extra))
+    sets = [SpokenSet.open(folder) for folder in folders]
+    names = [set_name(spoken.root) for spoken in sets]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise DataError(f"two sets are called {duplicate!r} (predictions are named after the set folder); "
+                        "rename one folder")
+    for spoken in sets:
+        for task in dict.fromkeys(item.task for item in spoken.items):
+            task_prompt(task)
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be at least 1, got {limit}")
+    record_run(out, systems=[spec.name for spec in specs], sets=names,
+               config={"systems": systems, "data": [str(f) for f in folders], "limit": limit, "device": device})
+    options = LoadOptions(device=device, dtype=dtype, device_map=device_map)
+    for spec in specs:
+        system = spec.load(options)
+        for spoken, name in zip(sets, names):
+            with tqdm(total=min(limit or len(spoken), len(spoken)), desc=f"{spec.name} / {name}", unit="item",
+                      disable=None, file=sys.stderr) as bar:
+                def update(done: int, total: int, bar=bar) -> None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                run_system(system, spoken, out, system_name=spec.name, limit=limit, progress=update, spec=spec.spec)
+        del system
+    rows = [row for row in run_summary(out) if row["system"] in {s.name for s in specs} and row["set"] in names]
+    typer.echo(f"{'system':24s} {'set':28s} {'items':>6s} {'accuracy':>9s}")
+    for row in rows:
+        extra = f"  WER {row['wer']:.3f}" if row["wer"] is not None else ""
+        extra += f"  unparsed {row['unparsed']}" if row["unparsed"] else ""
+        typer.echo(f"{row['system']:24s} {row['set']:28s} {row['items']:6d} {row['accuracy']:9.3f}{extra}")
+    typer.echo(f"predictions in {out}; next: interp stats {out}")
+
+
+@app.command("stats")
+def stats_command(
+    run: Path = typer.Argument(..., metavar="RUN", help="A run folder written by interp behave."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results file (default RUN/stats.json); the figures "
+                                       "are written beside it as standalone HTML."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples."),
+    level: float = typer.Option(0.95, help="Confidence level of the intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resamples."),
+    figures: bool = typer.Option(True, help="Write kappa_heatmap.html, error_overlap.html, accuracy_vs_snr.html."),
+) -> None:
+    """Accuracy with CIs, kappa matrix, error overlap, McNemar + Benjamini-Hochberg, accuracy vs SNR."""
+    from interp.behavior import run_statistics
+
+    stats = run_statistics(run, n_boot=n_boot, level=level, seed=seed)
+    out = out or run / "stats.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    for skipped in stats["skipped"]:
+        typer.echo(f"skipped unfinished {skipped} (rerun interp behave to finish it)", err=True)
+    pct = f"{level:.0%}"
+    for name, entry in stats["sets"].items():
+        typer.echo(f"{name} ({entry['task']}, {entry['n_items']} items, K={entry['n_choices']})")
+        for system, estimate in entry["accuracy"].items():
+            wer = entry.get("wer", {}).get(system)
+            typer.echo(f"  acc {system:24s} {estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+                       + (f"  WER {wer:.3f}" if wer is not None else ""))
+        tests = {(t["a"], t["b"]): t for t in entry["mcnemar"]}
+        overlaps = {(o["a"], o["b"]): o for o in entry["error_overlap"]}
+        for pair in entry["kappa"]:
+            key = (pair["a"], pair["b"])
+            line = (f"  κ   {pair['a'] + ' / ' + pair['b']:40s} {pair['value']:.3f} [{pair['low']:.3f}, "
+                    f"{pair['high']:.3f}]  McNemar p {tests[key]['p_value']:.3g} q {tests[key]['q_value']:.3g}")
+            if key in overlaps and overlaps[key]["value"] is not None:
+                line += f"  overlap {overlaps[key]['value']:.2f} (chance {overlaps[key]['chance']:.2f})"
+            typer.echo(line)
+    for group, table in stats["snr"].items():
+        typer.echo(f"accuracy vs SNR: {group} ({', '.join(table['sets'])})")
+        for row in table["rows"]:
+            level_name = "clean" if row["snr_db"] is None else f"{row['snr_db']:g} dB"
+            typer.echo(f"  {level_name:>8s} {row['system']:24s} {row['accuracy']:.3f} [{row['low']:.3f}, "
+                       f"{row['high']:.3f}] n={row['n']}")
+    typer.echo(f"wrote {out} ({pct} intervals, {n_boot} resamples, seed {seed})")
+    if figures:
+        from interp.report import accuracy_vs_snr, error_overlap_bars, kappa_heatmap, write_figure
+
+        for figure, filename in ((kappa_heatmap(stats), "kappa_heatmap.html"),
+                                 (error_overlap_bars(stats), "error_overlap.html"),
+                                 (accuracy_vs_snr(stats), "accuracy_vs_snr.html")):
+            typer.echo(f"wrote {write_figure(figure, out.parent / filename)}")
+
+
+@app.command("serve")
+def serve_command(
+    model: str = typer.Option(..., help="A speech LLM or a cascade. " + _MODEL_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="Port (0 picks a free one; the line printed at start names it)."),
+    name: Optional[str] = typer.Option(None, help="Model name the API reports and expects (default: --model)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Require 'Authorization: Bearer <key>' with the key "
+                                              "read from this environment variable."),
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    device_map: Optional[str] = _DEVICE_MAP,
+) -> None:
+    """Serve a model behind an OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models."""
+    import os
+
+    from interp.serve import make_server
+
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise InterpError(f"--api-key-env {api_key_env}: the variable is not set")
+    system = _load(model, device, dtype, device_map)
+    served = name or (model if ":" not in model else getattr(system, "name", model))
+    server = make_server(system, host, port, model_name=served, api_key=key)
+    bound_host, bound_port = server.server_address[:2]
+    typer.echo(f"serving {served} at http://{bound_host}:{bound_port}/v1 (POST /chat/completions, GET /models); "
+               "Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+    finally:
+        server.server_close()
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 
 @dataclass(frozen=True)
 class CliResult:
@@ -39,3 +41,15 @@ def capture_sites(model, batch, names: list[str]) -> dict:
         for handle in handles:
             handle.remove()
     return captured
+
+
+def reference_hidden_states(model, batch) -> tuple:
+    """HF's own `output_hidden_states` for a speech adapter's batch (Ultravox: its LLM on the merged embeddings)."""
+    inputs = batch.inputs
+    with torch.no_grad():
+        if "audio_token_start_idx" in inputs:
+            embeds = model.model.embed(inputs["input_ids"], inputs["audio_values"], inputs["audio_lens"],
+                                       inputs["audio_token_start_idx"], inputs["audio_token_len"])
+            return model.model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
+                                              output_hidden_states=True).hidden_states
+        return model.model(**inputs, output_hidden_states=True).hidden_states

@@ -10,31 +10,17 @@ import torch
 from interp.errors import InterpError
 from interp.models.base import SpeechLM
 from interp.models.tiny import tiny_phi4mm, tiny_qwen2_audio, tiny_ultravox
-from tests.helpers import capture_sites
+from tests.helpers import capture_sites, reference_hidden_states
 
 PROMPT = "What is the sentiment? <|audio|> Answer with one word."
 
 
-def _ultravox_hidden(model, batch):
-    inputs = batch.inputs
-    embeds = model.model.embed(inputs["input_ids"], inputs["audio_values"], inputs["audio_lens"],
-                               inputs["audio_token_start_idx"], inputs["audio_token_len"])
-    return model.model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                                      output_hidden_states=True).hidden_states
-
-
-def _own_hidden(model, batch):
-    return model.model(**batch.inputs, output_hidden_states=True).hidden_states
-
-
-CASES = {"tiny-ultravox": (tiny_ultravox, _ultravox_hidden), "tiny-qwen2-audio": (tiny_qwen2_audio, _own_hidden),
-         "tiny-phi4mm": (tiny_phi4mm, _own_hidden)}
+CASES = {"tiny-ultravox": tiny_ultravox, "tiny-qwen2-audio": tiny_qwen2_audio, "tiny-phi4mm": tiny_phi4mm}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
-    build, reference = CASES[request.param]
-    return build(seed=0), reference
+    return CASES[request.param](seed=0), reference_hidden_states
 
 
 @pytest.fixture(scope="module")
