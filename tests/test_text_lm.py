@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from interp.errors import InterpError
 from interp.models.cascade import Oracle
+from interp.models.prompting import PlainPrompt
 from interp.models.tiny import tiny_text_lm
 
 PROMPT = "What is the sentiment? <|audio|> Answer with one word."
@@ -23,8 +25,9 @@ def test_text_fills_the_placeholder_inside_the_chat_template(llm) -> None:
                     "<|im_start|>assistant\n")
 
 
-def test_choice_scores_equal_manual_log_softmax_sum(llm) -> None:
-    choices = ["positive", "negative"]
+@pytest.mark.parametrize("choices", [["positive", "negative"], ["Sci/Tech", "World", "not sure at all"]])
+def test_choice_scores_equal_manual_log_softmax_sum(llm, choices) -> None:
+    """One forward per choice by hand vs the prompt's KV cache shared by choices of unequal token lengths."""
     scores = llm.score_choices("i loved it", PROMPT, choices)
     head = llm.prompt_ids("i loved it", PROMPT)
     for choice, score in zip(choices, scores):
@@ -33,6 +36,13 @@ def test_choice_scores_equal_manual_log_softmax_sum(llm) -> None:
             log_probs = torch.log_softmax(llm.model(torch.tensor([ids])).logits[0].double(), dim=-1)
         manual = sum(float(log_probs[t - 1, ids[t]]) for t in range(len(head), len(ids)))
         assert score == pytest.approx(manual, abs=1e-5)
+    assert len(set(np.round(scores, 6))) == len(choices)
+
+
+def test_plain_prompt_skips_the_chat_template(llm) -> None:
+    prompt = PlainPrompt("Review: great fun.\nAnswer: positive\n\nReview: <|audio|>\nAnswer: ")
+    assert llm.tokenizer.decode(llm.prompt_ids("dull", prompt)) == (
+        "Review: great fun.\nAnswer: positive\n\nReview: dull\nAnswer: ")
 
 
 def test_layer_sites_equal_output_hidden_states(llm) -> None:

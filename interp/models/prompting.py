@@ -17,12 +17,23 @@ from transformers import PreTrainedTokenizerBase
 from interp.errors import InterpError
 from interp.models.base import AUDIO_PLACEHOLDER
 
-__all__ = ["split_prompt", "chat_text", "choice_token_ids", "choice_log_likelihoods"]
+__all__ = ["PlainPrompt", "split_prompt", "chat_text", "choice_token_ids", "choice_log_likelihoods"]
+
+
+class PlainPrompt(str):
+    """A prompt given to the model exactly as written, without its chat template.
+
+    Small instruct models answer few-shot completions ("Review: …\nAnswer: positive") far better than the
+    same question in a chat turn; the type carries that choice to every adapter and to the cascades alike.
+    """
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    """The full model input text for a user prompt: chat template + generation prompt if the tokenizer
-    has a template (instruct models), else the prompt itself followed by a newline (base models)."""
+    """The full model input text for a user prompt: a PlainPrompt as written; else the chat template +
+    generation prompt if the tokenizer has a template (instruct models), else the prompt followed by a
+    newline (base models)."""
+    if isinstance(prompt, PlainPrompt):
+        return str(prompt)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interp.models.base import Site, llm_sites
 from interp.models.encoded import on_device, right_pad
-from interp.models.prompting import chat_text, choice_log_likelihoods, choice_token_ids, split_prompt
+from interp.models.prompting import chat_text, choice_token_ids, split_prompt
 
 __all__ = ["TextLM"]
 
@@ -32,19 +32,32 @@ class TextLM:
 
     def prompt_ids(self, text: str, prompt: str) -> list[int]:
         """Token ids of the full input (chat template, generation prompt) with `text` in the placeholder."""
-        before, after = split_prompt(prompt)
-        return self.tokenizer(chat_text(self.tokenizer, before + text + after), add_special_tokens=False)["input_ids"]
+        before, after = split_prompt(chat_text(self.tokenizer, prompt))
+        return self.tokenizer(before + text + after, add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
     def score_choices(self, text: str, prompt: str, choices: Sequence[str]) -> np.ndarray:
-        """(choices,) float64 summed log-probabilities of each choice after the filled prompt."""
+        """(choices,) float64 summed log-probabilities of each choice after the filled prompt.
+
+        The prompt runs once; its KV cache is repeated for the choices' remaining tokens, so a 2-way choice
+        of one-token answers costs one forward pass, not two.
+        """
         head = self.prompt_ids(text, prompt)
         ids = choice_token_ids(self.tokenizer, choices)
-        input_ids, attention_mask = right_pad([head + choice for choice in ids], pad_id=self.pad_id)
-        logits = self.model(**on_device({"input_ids": input_ids, "attention_mask": attention_mask},
-                                        self.model)).logits.float()
-        scores = choice_log_likelihoods(logits, input_ids, choice_start=[len(head)] * len(ids),
-                                        choice_length=[len(choice) for choice in ids])
+        prompt_out = self.model(**on_device({"input_ids": torch.tensor([head])}, self.model), use_cache=True)
+        first = torch.log_softmax(prompt_out.logits[0, -1].double(), dim=-1)
+        scores = torch.stack([first[choice[0]] for choice in ids]).cpu()
+        if any(len(choice) > 1 for choice in ids):
+            # choice tokens after the first: token t+1 is predicted from the logits at choice position t
+            continuation, mask = right_pad(ids, pad_id=self.pad_id)
+            cache = prompt_out.cache
+            cache.batch_repeat_interleave(len(ids))
+            attention_mask = torch.cat([torch.ones(len(ids), len(head), dtype=torch.long), mask], dim=1)
+            logits = self.model(**on_device({"input_ids": continuation, "attention_mask": attention_mask}, self.model),
+                                cache=cache).logits
+            log_probs = torch.log_softmax(logits.double(), dim=-1).cpu()
+            scores = scores + torch.stack([log_probs[row, torch.arange(len(choice) - 1), choice[1:]].sum()
+                                           for row, choice in enumerate(ids)])
         return scores.cpu().numpy()
 
     @torch.no_grad()
