@@ -1,0 +1,262 @@
+"""A minimal OpenAI-compatible HTTP server in front of one speech system (stdlib http.server only).
+
+Routes: `GET /v1/models` (the one model) and `POST /v1/chat/completions`. A request carries exactly one user
+message whose content parts are text and one `input_audio` part (base64 wav or flac, any rate: mixed to mono
+and resampled to 16 kHz); the prompt is the text parts in order with the audio placeholder where the audio part
+was, and the reply is `system.generate(audio, prompt, max_new_tokens=max_tokens)` (greedy, whatever
+`temperature` says). An extension field `"raw_prompt": true` gives the prompt to the model as written
+(PlainPrompt: no chat template), so an `EndpointSystem` with raw_prompts=True reproduces the harness's few-shot
+prompts exactly. Not supported (answered 400): streaming, n > 1, system or earlier turns, tools.
+Requests are served one at a time per model (a lock around the model); the server answers /v1/models while a
+generation runs. With an API key set, every request needs `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from interp.errors import InterpError
+
+__all__ = ["serve", "make_server", "wav_base64", "decode_audio", "prompt_from_messages", "RequestError"]
+
+_log = logging.getLogger(__name__)
+_MAX_BODY = 64 * 1024 * 1024
+_DEFAULT_MAX_TOKENS = 64
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status and an OpenAI-style error message."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+def wav_base64(audio: np.ndarray, sample_rate: int = 16_000) -> str:
+    """Base64 of a 16-bit PCM mono wav of (samples,) float audio in [-1, 1].
+
+    Samples are rounded to k / 32768 (the scale soundfile reads PCM_16 with), so audio read from a 16-bit wav
+    travels without change.
+    """
+    import soundfile as sf
+
+    pcm = np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    buffer = io.BytesIO()
+    sf.write(buffer, pcm, sample_rate, subtype="PCM_16", format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_audio(data: str, audio_format: str) -> np.ndarray:
+    """(samples,) float32 16 kHz mono from a base64 wav/flac; RequestError for anything else."""
+    import soundfile as sf
+
+    from interp.data.audio import SAMPLE_RATE, resample
+
+    if audio_format not in ("wav", "flac"):
+        raise RequestError(400, f"input_audio format {audio_format!r} is not supported; send wav (or flac)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+        samples, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except Exception as error:  # noqa: BLE001 - any undecodable payload is the client's mistake
+        raise RequestError(400, f"input_audio is not a readable {audio_format} file ({type(error).__name__})") from None
+    mono = samples.mean(axis=1).astype(np.float32)
+    if mono.size == 0:
+        raise RequestError(400, "input_audio holds no samples")
+    return resample(mono, from_rate=rate, to_rate=SAMPLE_RATE)
+
+
+def prompt_from_messages(messages: Any) -> tuple[str, np.ndarray]:
+    """(prompt with the audio placeholder where the audio part was, audio) from a chat `messages` list."""
+    from interp.models.base import AUDIO_PLACEHOLDER
+
+    if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
+        raise RequestError(400, "send exactly one message (role user); system messages and earlier turns are not "
+                           "supported by this server")
+    message = messages[0]
+    if message.get("role") != "user":
+        raise RequestError(400, f"the message's role must be 'user', got {message.get('role')!r}")
+    content = message.get("content")
+    if not isinstance(content, list):
+        raise RequestError(400, "the message content must be a list of parts with one input_audio part")
+    pieces: list[str] = []
+    audio = None
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise RequestError(400, "a text part needs a string 'text'")
+            if AUDIO_PLACEHOLDER in text:
+                raise RequestError(400, f"text parts may not contain {AUDIO_PLACEHOLDER!r}; send the audio as an "
+                                   "input_audio part")
+            pieces.append(text)
+        elif kind == "input_audio":
+            if audio is not None:
+                raise RequestError(400, "send exactly one input_audio part")
+            payload = part.get("input_audio") or {}
+            if not isinstance(payload.get("data"), str):
+                raise RequestError(400, "input_audio needs base64 'data'")
+            audio = decode_audio(payload["data"], str(payload.get("format", "wav")))
+            pieces.append(AUDIO_PLACEHOLDER)
+        else:
+            raise RequestError(400, f"unsupported content part type {kind!r}; use text and input_audio")
+    if audio is None:
+        raise RequestError(400, "the message has no input_audio part; this server answers about audio")
+    return "".join(pieces), audio
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    value = body.get("max_completion_tokens", body.get("max_tokens", _DEFAULT_MAX_TOKENS))
+    if value is None:
+        value = _DEFAULT_MAX_TOKENS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(400, f"max_tokens must be a positive integer, got {value!r}")
+    return value
+
+
+def make_server(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
+                api_key: str | None = None) -> ThreadingHTTPServer:
+    """A bound server (port 0 picks a free one: read `server.server_address`); call serve_forever() on it."""
+    if not hasattr(system, "generate"):
+        raise InterpError(f"{type(system).__name__} cannot generate; serve a speech LLM or a cascade")
+    from interp.models.cascade import Oracle
+    from interp.models.text_lm import TextLM
+
+    if isinstance(system, (Oracle, TextLM)):
+        raise InterpError("a text LLM (or the oracle) does not hear audio; serve a speech LLM or a cascade")
+    name = model_name or getattr(system, "name", "model")
+    lock = threading.Lock()
+    created = int(time.time())
+
+    def complete(body: dict[str, Any]) -> dict[str, Any]:
+        from interp.models.prompting import PlainPrompt
+
+        if body.get("model") not in (None, name):
+            raise RequestError(404, f"model {body.get('model')!r} not found; this server has {name!r}",
+                               "model_not_found")
+        if body.get("stream"):
+            raise RequestError(400, "streaming is not supported")
+        if body.get("n", 1) != 1:
+            raise RequestError(400, "only n = 1 is supported")
+        if body.get("tools"):
+            raise RequestError(400, "tools are not supported")
+        prompt, audio = prompt_from_messages(body.get("messages"))
+        if body.get("raw_prompt"):
+            prompt = PlainPrompt(prompt)
+        max_tokens = _max_tokens(body)
+        with lock:
+            try:
+                text = system.generate(audio, prompt, max_new_tokens=max_tokens)
+            except InterpError as error:
+                raise RequestError(400, str(error)) from None
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": name, "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": "stop"}]}
+
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "interp"}]}
+
+    handler = _handler(complete, models, api_key)
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as error:
+        raise InterpError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
+def _handler(complete: Callable[[dict[str, Any]], dict[str, Any]], models: Callable[[], dict[str, Any]],
+             api_key: str | None) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "interp-serve"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+            _log.info("%s %s", self.address_string(), format % args)
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, error: RequestError) -> None:
+            self._send(error.status, {"error": {"message": str(error), "type": error.kind, "param": None,
+                                                "code": None}})
+
+        def _authorised(self) -> bool:
+            if not api_key:
+                return True
+            given = self.headers.get("Authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return True
+            self._error(RequestError(401, "missing or wrong API key (Authorization: Bearer ...)",
+                                     "authentication_error"))
+            return False
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if not self._authorised():
+                return
+            if self.path.rstrip("/") == "/v1/models":
+                self._send(200, models())
+            else:
+                self._error(RequestError(404, f"no route GET {self.path}; try GET /v1/models", "not_found"))
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > _MAX_BODY:
+                self.close_connection = True
+                self._error(RequestError(413, f"request body over {_MAX_BODY} bytes"))
+                return
+            raw = self.rfile.read(length)
+            if not self._authorised():
+                return
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                self._error(RequestError(404, f"no route POST {self.path}; try POST /v1/chat/completions",
+                                         "not_found"))
+                return
+            try:
+                body = json.loads(raw.decode("utf-8"))
+                if not isinstance(body, dict):
+                    raise RequestError(400, "the request body must be a JSON object")
+                self._send(200, complete(body))
+            except json.JSONDecodeError as error:
+                self._error(RequestError(400, f"the request body is not JSON ({error.msg})"))
+            except UnicodeDecodeError:
+                self._error(RequestError(400, "the request body is not UTF-8"))
+            except RequestError as error:
+                self._error(error)
+            except Exception as error:  # noqa: BLE001 - a bug in the model: answer 500, keep serving
+                _log.exception("generation failed")
+                self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(error).__name__}",
+                                         "server_error"))
+
+    return Handler
+
+
+def serve(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
+          api_key: str | None = None, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve `system` until interrupted. on_ready(base_url) is called once the port is bound."""
+    server = make_server(system, host, port, model_name=model_name, api_key=api_key)
+    bound_host, bound_port = server.server_address[:2]
+    if on_ready is not None:
+        on_ready(f"http://{bound_host}:{bound_port}/v1")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
