@@ -327,6 +327,61 @@ def extract_command(
         typer.echo(f"when every rank has finished: interp cache finalize {out}")
 
 
+@app.command("probe")
+def probe_command(
+    caches: list[Path] = typer.Argument(..., metavar="CACHE...", help="One or more caches of the same items (e.g. "
+                                        "an encoder cache as the control and an LLM cache)."),
+    data: Path = typer.Option(..., help="The spoken set the caches were extracted from (waveforms, transcripts)."),
+    probes: str = typer.Option("energy,pitch,ctc,boc", help="Comma-separated: energy, pitch, ctc, boc."),
+    sites: Optional[str] = typer.Option(None, help="Site spec (default: every site of each cache)."),
+    out: Path = typer.Option(Path("results/probes.json"), help="Results JSON; the figure goes beside it (.html)."),
+    folds: int = typer.Option(5, help="Cross-validation folds over training items (ridge lambda)."),
+    test_fraction: float = typer.Option(0.2, help="Share of items held out for scoring (split by item)."),
+    ctc_frames_per_row: Optional[int] = typer.Option(None, help="CTC character slots per row r (default: the "
+                                                     "smallest that fits every training item)."),
+    seed: int = typer.Option(0, help="Seed of the split, CTC training and bootstrap."),
+    threads: int = typer.Option(1, help="Torch threads (CTC's small ops run fastest on one)."),
+) -> None:
+    """Probe every site of a cache: energy and pitch (ridge R2 per audio row), CTC text decodability
+    (1 - CER) and bag-of-characters (R2), held-out items, bootstrap CIs; writes JSON and a plotly figure."""
+    import torch
+
+    from activations import ActivationCache
+    from interp.data.manifest import SpokenSet
+    from interp.models.base import expand_sites
+    from interp.provenance import provenance
+    from probes import probe_figure, run_probes
+
+    torch.set_num_threads(threads)
+    spoken = SpokenSet.open(data)
+    names = [name.strip() for name in probes.split(",") if name.strip()]
+    config = {"caches": [str(c) for c in caches], "data": str(data), "probes": names, "sites": sites,
+              "folds": folds, "test_fraction": test_fraction, "ctc_frames_per_row": ctc_frames_per_row}
+    reports = []
+    for path in caches:
+        cache = ActivationCache.open(path)
+        chosen = expand_sites(sites, cache.sites) if sites else None
+        total = len(chosen or cache.sites)
+        with _progress(None, total=total, desc=f"probing {path.name}") as bar:
+            reports.append(run_probes(cache, spoken, probes=names, sites=chosen, n_folds=folds, seed=seed,
+                                      test_fraction=test_fraction, ctc_frames_per_row=ctc_frames_per_row,
+                                      progress=lambda done, all_, site: bar.update(1)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"reports": [report.to_dict(None) for report in reports],
+              "provenance": provenance(command="interp probe", config=config, seed=seed)}
+    out.write_text(json.dumps(record, indent=1, allow_nan=False, default=str))
+    for report in reports:
+        for score in report.scores:
+            typer.echo(f"{report.cache}\t{score.site}\t{score.probe}\t{score.score:.3f} "
+                       f"[{score.low:.3f}, {score.high:.3f}]")
+    figure_path = out.with_suffix(".html")
+    figures = [probe_figure(report) for report in reports]
+    body = "\n".join(f.to_html(include_plotlyjs=(i == 0), full_html=False) for i, f in enumerate(figures))
+    figure_path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>probes</title></head>"
+                           f"<body>{body}</body></html>")
+    typer.echo(f"results: {out}\nfigure: {figure_path}")
+
+
 cache_app = typer.Typer(help="Activation caches: inspect, verify, merge shards of several workers, export.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
@@ -378,6 +433,93 @@ def cache_export(cache: Path = typer.Argument(..., metavar="CACHE"),
     typer.echo(f"exported: {export(cache, out)}")
 
 
+@app.command("lens")
+def lens_command(
+    cache: Path = typer.Argument(..., metavar="CACHE", help="An activation cache with llm.layers.N sites."),
+    model: Optional[str] = typer.Option(None, help="Whose final norm and unembedding to use (default: the model "
+                                        "the cache was made with). " + _MODEL_HELP),
+    out: Path = typer.Option(Path("results/lens.json"), "--out", help="Results JSON; <stem>_precision.html and "
+                             "<stem>_strip.html are written beside it."),
+    layers: str = typer.Option("all", "--layers", help="Layers: all | 20,25,29 | 20-29 (of those cached)."),
+    top_k: int = typer.Option(5, "--top-k", help="Tokens kept per audio row (precision uses the top 1)."),
+    norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final RMSNorm before the "
+                              "unembedding (--no-norm: raw residual stream, for comparison)."),
+    implicit_cascade: Optional[Path] = typer.Option(None, "--implicit-cascade", metavar="SET", help="Also feed "
+                                                    "each item's lens text to the text LLM on this set's task."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Layer of the implicit cascade's lens text "
+                                        "(default: the last layer read)."),
+    run: Optional[Path] = typer.Option(None, "--run", metavar="RUN", help="Run folder of the implicit cascade's "
+                                       "predictions: RUN/implicit-cascade-L<layer>/<set>.jsonl."),
+    chunk_rows: int = typer.Option(2048, help="Rows unembedded at a time (memory: chunk x vocab floats)."),
+    strip_items: int = typer.Option(3, help="Items whose per-row tokens go to the JSON and the strip figure."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples (over items)."),
+    level: float = typer.Option(0.95, help="Confidence level of the intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resamples."),
+    figures: bool = typer.Option(True, help="Write the two HTML figures."),
+    device: str = _DEVICE,
+) -> None:
+    """RMSNorm logit lens at the cached audio positions: bag-of-tokens precision and recall against the
+    transcript by layer (bootstrap CIs), per-item token strips, and optionally the implicit cascade."""
+    from activations import ActivationCache
+    from interp.data.manifest import SpokenSet
+    from interp.lens import (TokenNormalizer, cache_layers, implicit_cascade_llm, lens_report, logit_lens,
+                             parse_layers, run_implicit_cascade, score_lens, write_report)
+
+    opened = ActivationCache.open(cache)
+    chosen = parse_layers(layers, cache_layers(opened.sites))
+    if top_k < 1:
+        raise InterpError(f"--top-k must be at least 1, got {top_k}")
+    if chunk_rows < 1:
+        raise InterpError(f"--chunk-rows must be at least 1, got {chunk_rows}")
+    spoken = None
+    if implicit_cascade is not None:
+        if run is None:
+            raise InterpError("--implicit-cascade needs --run RUN (where its predictions go)")
+        spoken = SpokenSet.open(implicit_cascade)
+        layer = chosen[-1] if layer is None else layer
+        if layer not in cache_layers(opened.sites):
+            parse_layers(str(layer), cache_layers(opened.sites))  # raises, naming the cached layers
+        chosen = sorted(set(chosen) | {layer})
+    elif layer is not None or run is not None:
+        raise InterpError("--layer and --run belong to --implicit-cascade SET")
+    name = model or opened.header.model_info.get("spec") or opened.model
+    system = _load(name, device, "float32", None)
+    rows = int((opened.row_table()["kind"] == 0).sum())
+    with _progress(None, total=rows * len(chosen), desc="logit lens") as bar:
+        result = logit_lens(opened, chosen, model=system, top_k=top_k, norm=norm, chunk_rows=chunk_rows,
+                            progress=bar.update)
+    normalizer = TokenNormalizer(system.tokenizer)
+    scores = score_lens(result, normalizer, n_boot=n_boot, level=level, seed=seed)
+    implicit = None
+    if spoken is not None:
+        llm = implicit_cascade_llm(system)
+        with _progress(None, total=len(spoken), desc=f"implicit cascade L{layer}") as bar:
+            path = run_implicit_cascade(result, spoken, run, layer=layer, llm=llm, normalizer=normalizer, seed=seed,
+                                        progress=lambda done, total: bar.update(1))
+        sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        implicit = {"set": str(implicit_cascade), "layer": layer, "run": str(run), "system": path.parent.name,
+                    "predictions": str(path), "llm": getattr(llm, "name", None), "n_items": sidecar["counts"]["items"],
+                    "accuracy": sidecar["accuracy"]}
+    config = {"cache": str(cache), "model": name, "layers": chosen, "top_k": top_k, "norm": norm,
+              "chunk_rows": chunk_rows, "strip_items": strip_items, "n_boot": n_boot, "level": level,
+              "implicit_cascade": str(implicit_cascade) if implicit_cascade else None, "layer": layer,
+              "run": str(run) if run else None, "device": device}
+    report = lens_report(result, scores, normalizer, strip_items=strip_items, implicit=implicit, config=config)
+    written = write_report(report, out, figures=figures)
+    typer.echo(f"logit lens of {cache} ({result.rows} audio rows, {report['n_items']} items) with {name}'s "
+               f"{'final norm and ' if norm else ''}unembedding, {level:.0%} bootstrap CI")
+    typer.echo(f"{'layer':>5s} {'precision':>24s} {'recall':>24s} {'items':>6s}")
+    for entry in report["layers"]:
+        cells = [f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]" if e else "n/a"
+                 for e in (entry["precision"], entry["recall"])]
+        typer.echo(f"{entry['layer']:5d} {cells[0]:>24s} {cells[1]:>24s} {entry['n_items']:6d}")
+    if implicit is not None:
+        typer.echo(f"implicit cascade (L{layer} lens text -> {implicit['llm']}): accuracy {implicit['accuracy']:.3f} "
+                   f"on {implicit['n_items']} items -> {implicit['predictions']}; compare: interp stats {run}")
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
 @app.command("ask")
 def ask(
     model: str = typer.Option(..., help="A speech LLM or a cascade. " + _MODEL_HELP),
@@ -414,7 +556,8 @@ def behave(
     ctx: typer.Context,
     systems: str = typer.Option(..., help=_SYSTEMS_HELP),
     data: list[Path] = typer.Option(..., "--data", metavar="SET", help="Spoken set folders: --data SET [SET ...]."),
-    out: Path = typer.Option(..., "--out", metavar="RUN", help="Run folder; predictions go to RUN/<system>/<set>.jsonl."),
+    out: Path = typer.Option(..., "--out", metavar="RUN",
+                             help="Run folder; predictions go to RUN/<system>/<set>.jsonl."),
     limit: Optional[int] = typer.Option(None, help="Answer only the first N items of each set."),
     device: str = _DEVICE,
     dtype: str = _DTYPE,
@@ -465,7 +608,9 @@ def behave(
 
                 run_system(system, spoken, out, system_name=spec.name, limit=limit, progress=update, spec=spec.spec)
         del system
-    rows = [row for row in run_summary(out) if row["system"] in {s.name for s in specs} and row["set"] in names]
+    system_order = [spec.name for spec in specs]
+    rows = sorted((row for row in run_summary(out) if row["system"] in system_order and row["set"] in names),
+                  key=lambda row: (system_order.index(row["system"]), names.index(row["set"])))
     typer.echo(f"{'system':24s} {'set':28s} {'items':>6s} {'accuracy':>9s}")
     for row in rows:
         extra = f"  WER {row['wer']:.3f}" if row["wer"] is not None else ""
@@ -497,17 +642,20 @@ def stats_command(
         typer.echo(f"skipped unfinished {skipped} (rerun interp behave to finish it)", err=True)
     pct = f"{level:.0%}"
     for name, entry in stats["sets"].items():
-        typer.echo(f"{name} ({entry['task']}, {entry['n_items']} items, K={entry['n_choices']})")
+        kind = "open answers" if entry["open"] else f"K={entry['n_choices']}"
+        typer.echo(f"{name} ({entry['task']}, {entry['n_items']} items, {kind})")
         for system, estimate in entry["accuracy"].items():
             wer = entry.get("wer", {}).get(system)
             typer.echo(f"  acc {system:24s} {estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
                        + (f"  WER {wer:.3f}" if wer is not None else ""))
-        tests = {(t["a"], t["b"]): t for t in entry["mcnemar"]}
+        kappas = {(k["a"], k["b"]): k for k in entry["kappa"]}
         overlaps = {(o["a"], o["b"]): o for o in entry["error_overlap"]}
-        for pair in entry["kappa"]:
-            key = (pair["a"], pair["b"])
-            line = (f"  κ   {pair['a'] + ' / ' + pair['b']:40s} {pair['value']:.3f} [{pair['low']:.3f}, "
-                    f"{pair['high']:.3f}]  McNemar p {tests[key]['p_value']:.3g} q {tests[key]['q_value']:.3g}")
+        for test in entry["mcnemar"]:
+            key = (test["a"], test["b"])
+            line = f"  {test['a'] + ' / ' + test['b']:44s}"
+            if key in kappas:
+                line += f" κ {kappas[key]['value']:.3f} [{kappas[key]['low']:.3f}, {kappas[key]['high']:.3f}]"
+            line += f"  McNemar p {test['p_value']:.3g} q {test['q_value']:.3g}"
             if key in overlaps and overlaps[key]["value"] is not None:
                 line += f"  overlap {overlaps[key]['value']:.2f} (chance {overlaps[key]['chance']:.2f})"
             typer.echo(line)
