@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from activations.format import AUDIO, TEXT, CacheHeader, ItemMeta, ItemRows
-from activations.hooks import capture
+from activations.hooks import StopForward, capture
 from activations.writer import CacheWriter
 from interp.data.manifest import MANIFEST, Item, SpokenSet
 from interp.errors import InterpError
@@ -141,8 +141,7 @@ def extract(model: SpeechLM, spoken_set: SpokenSet, out: Path, *, plan: Extracti
             chunk = todo[start:start + batch_size]
             items = [item for _, item in chunk]
             batch = model.prepare([spoken_set.load_audio(item) for item in items], [prompt_for(item) for item in items])
-            with capture(sites, plan.sites) as captured, torch.no_grad():
-                model.logits(batch)
+            captured = _run_to_last_site(model, sites, plan, batch)
             for (index, item), rows in zip(chunk, _rows_of_batch(plan, batch, captured, items)):
                 writer.add(_item_meta(item, index), rows)
             if progress is not None:
@@ -150,8 +149,18 @@ def extract(model: SpeechLM, spoken_set: SpokenSet, out: Path, *, plan: Extracti
     return writer
 
 
+def _run_to_last_site(model: SpeechLM, sites: dict, plan: ExtractionPlan, batch: SpeechBatch) -> dict[str, torch.Tensor]:
+    """The plan's site tensors for a batch; the forward pass stops once the last of them is computed
+    (an encoder cache never runs the LLM; a cache of early layers skips the rest)."""
+    with capture(sites, plan.sites, stop_after_last=True) as captured, torch.no_grad():
+        try:
+            model.logits(batch)
+        except StopForward:
+            pass
+        return dict(captured)
+
+
 def _site_dims(model: SpeechLM, plan: ExtractionPlan, batch: SpeechBatch) -> dict[str, int]:
     """Width of each site, read from one forward pass (adapters do not all declare it in their configs)."""
-    with capture(model.sites(), plan.sites) as captured, torch.no_grad():
-        model.logits(batch)
+    captured = _run_to_last_site(model, model.sites(), plan, batch)
     return {name: int(captured[name].shape[-1]) for name in plan.sites}

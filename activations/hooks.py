@@ -13,7 +13,12 @@ from torch import Tensor
 
 from interp.models.base import Site
 
-__all__ = ["capture"]
+__all__ = ["capture", "StopForward"]
+
+
+class StopForward(Exception):
+    """Raised by `capture(..., stop_after_last=True)` once every named site has been seen: the rest of the
+    forward pass (later layers, the unembedding) is not needed for extraction."""
 
 
 def _first_tensor(value: object) -> Tensor:
@@ -22,14 +27,18 @@ def _first_tensor(value: object) -> Tensor:
 
 
 @contextmanager
-def capture(sites: Mapping[str, Site], names: Sequence[str]) -> Iterator[dict[str, Tensor]]:
+def capture(sites: Mapping[str, Site], names: Sequence[str], *,
+            stop_after_last: bool = False) -> Iterator[dict[str, Tensor]]:
     """Within the block, every forward pass stores each named site's tensor (batch, seq, d) in the yielded
-    dict (the last pass wins). Hooks are removed on exit, also when the block raises."""
+    dict (the last pass wins). With stop_after_last, the pass raises StopForward as soon as all sites are
+    stored (the caller catches it). Hooks are removed on exit, also when the block raises."""
     captured: dict[str, Tensor] = {}
     handles = []
 
     def keep(name: str, value: object) -> None:
         captured[name] = _first_tensor(value).detach()
+        if stop_after_last and len(captured) == len(names):
+            raise StopForward
 
     try:
         for name in names:

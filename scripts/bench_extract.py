@@ -2,7 +2,9 @@
 
 1. Same items, same batches, one process: the plain forward (audio → batch → logits) against the
    extraction loop writing 9 LLM layers at audio positions in float16 (hooks + copies + HDF5 shards).
-   The plain forward is timed before and after the extraction and averaged.
+   The plain forward is timed before and after the extraction and averaged. Extraction stops the pass
+   after its last site, so the sites end at the LLM's last layer: both runs compute every layer, and
+   extraction skips only the unembedding.
 2. Streaming read of one site (`ActivationCache.iter_batches`) of a synthetic float16 cache, in MB/s
    of decoded float32 rows handed to the caller.
 3. Peak RSS of an extraction process at 100 and at 1,000 items (a fresh process each): rows go to disk
@@ -29,7 +31,7 @@ from interp.data.manifest import SpokenSet
 from interp.models.mini import load_model
 from interp.task_prompts import task_prompt
 
-SITES = "llm.layers.0,3,6,9,12,15,18,21,24"
+SITES = "llm.layers.5,8,11,14,17,20,23,26,29"  # ends at the last layer: the whole LLM runs in both
 
 _RSS_CHILD = """
 import json, resource, sys
