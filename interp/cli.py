@@ -382,6 +382,66 @@ def probe_command(
     typer.echo(f"results: {out}\nfigure: {figure_path}")
 
 
+erase_app = typer.Typer(help="LEACE concept erasure: fit erasers on caches, answer tasks with them applied.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(erase_app, name="erase")
+
+
+@erase_app.command("fit")
+def erase_fit(
+    cache: Path = typer.Argument(..., metavar="CACHE"),
+    data: Path = typer.Option(..., help="The spoken set the cache was extracted from (timings, waveforms)."),
+    concept: str = typer.Option(..., help="chars, text, boc, energy, pitch, or random (a random subspace of the "
+                                "rank of --match: the control)."),
+    sites: Optional[str] = typer.Option(None, help="Site spec (default: every site of the cache)."),
+    out: Path = typer.Option(..., help="The eraser file (.safetensors with JSON metadata; no pickle)."),
+    match: Optional[str] = typer.Option(None, help="random: the concept (default text) or rank to match."),
+    text_classes: int = typer.Option(32, help="text: the K most frequent aligned tokens + 'other' (rank <= K)."),
+    seed: int = typer.Option(0, help="Seed of the random control."),
+) -> None:
+    """Fit one LEACE eraser per site on the cache's audio rows and print each eraser's rank and share of d."""
+    from interp.erasure import fit_eraser
+
+    with _progress(None, total=None, desc=f"fitting {concept}") as bar:
+        eraser = fit_eraser(cache, data, concept, sites, match=match, text_classes=text_classes, seed=seed,
+                            progress=lambda done, total, site: bar.update(1))
+    eraser.save(out)
+    typer.echo(eraser.describe())
+    typer.echo(f"eraser: {out}")
+
+
+@erase_app.command("eval")
+def erase_eval(
+    model: str = typer.Option(..., help="The speech LLM the eraser was fitted on. " + _MODEL_HELP),
+    data: list[Path] = typer.Option(..., help="Spoken set folder(s) to answer."),
+    eraser: Path = typer.Option(..., help="An eraser file from `interp erase fit`."),
+    out: Path = typer.Option(..., help="Run folder (behaviour layout: RUN/<system>/<set>.jsonl)."),
+    sites: Optional[str] = typer.Option(None, help="Apply at these fitted sites only (default: all)."),
+    positions: str = typer.Option("audio", help="audio (default) or all: erasing text positions too is out of "
+                                  "the distribution the eraser was fitted on."),
+    name: Optional[str] = typer.Option(None, help="System folder name (default <model>+erase-<concept>)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N items of each set."),
+    device: str = _DEVICE,
+) -> None:
+    """Answer every item with the eraser applied at its sites (audio positions by default), through the
+    behaviour harness, and print accuracy; compare runs with `interp stats`."""
+    from interp.behavior import read_sidecar
+    from interp.data.manifest import SpokenSet
+    from interp.erasure import Eraser, evaluate_erasure
+
+    if positions not in ("audio", "all"):
+        raise InterpError(f"--positions {positions!r}: choose audio or all")
+    fitted = Eraser.load(eraser)
+    sets = [SpokenSet.open(path) for path in data]
+    system = _load(model, device, "float32", None)
+    for spoken in sets:
+        with _progress(None, total=len(spoken.items[:limit]), desc=f"{spoken.root.name} erased") as bar:
+            path = evaluate_erasure(system, fitted, spoken, out, system_name=name, positions=positions, sites=sites,
+                                    limit=limit, progress=lambda done, total: setattr(bar, "n", done) or bar.refresh())
+        sidecar = read_sidecar(path.with_suffix(".json"))
+        typer.echo(f"{path}: accuracy {sidecar.get('accuracy')}")
+
+
 cache_app = typer.Typer(help="Activation caches: inspect, verify, merge shards of several workers, export.",
                         no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(cache_app, name="cache")
