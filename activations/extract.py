@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from activations.format import AUDIO, TEXT, CacheHeader, ItemMeta, ItemRows
+from activations.reader import ActivationCache
 from activations.hooks import StopForward, capture
 from activations.writer import CacheWriter
 from interp.data.manifest import MANIFEST, Item, SpokenSet
 from interp.errors import InterpError
 from interp.models.base import SpeechBatch, SpeechLM, expand_sites
 
-__all__ = ["ExtractionPlan", "plan_extraction", "extract", "dataset_identity"]
+__all__ = ["ExtractionPlan", "plan_extraction", "extract", "dataset_identity", "set_items_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +67,21 @@ def dataset_identity(spoken_set: SpokenSet) -> str:
     """The set's folder name and a digest of its manifest: a cache belongs to exactly this list of items."""
     digest = hashlib.sha256((spoken_set.root / MANIFEST).read_bytes()).hexdigest()[:16]
     return f"{spoken_set.root.name} (manifest sha256 {digest})"
+
+
+def set_items_of(cache: ActivationCache, spoken_set: SpokenSet) -> list[Item]:
+    """The spoken set's item for each cache item (by id), in cache order. Analyses that need waveforms or
+    word timings use it; the set must hold every cached item with the same transcript."""
+    by_id = {item.id: item for item in spoken_set.items}
+    missing = [meta.id for meta in cache.items if meta.id not in by_id]
+    if missing:
+        raise InterpError(f"the spoken set {spoken_set.root} lacks {len(missing)} of the cache's {len(cache.items)} "
+                          f"items, first {missing[0]!r}: use the set the cache was extracted from")
+    for meta in cache.items:
+        if by_id[meta.id].transcript != meta.transcript:
+            raise InterpError(f"item {meta.id!r} has another transcript in {spoken_set.root} than in the cache: "
+                              "use the set the cache was extracted from")
+    return [by_id[meta.id] for meta in cache.items]
 
 
 def _item_meta(item: Item, index: int) -> ItemMeta:

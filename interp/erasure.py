@@ -92,8 +92,9 @@ import torch
 from torch import Tensor
 
 from activations import AUDIO, ActivationCache
+from activations.extract import set_items_of
 from interp.data.audio import SAMPLE_RATE
-from interp.data.manifest import Item, SpokenSet
+from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
 from interp.models.base import Site, SiteError, describe_sites, expand_sites
 from probes.targets import CHARSET, bag_of_characters, energy_db, pitch_track
@@ -147,20 +148,6 @@ class ConceptLabels:
     keep: np.ndarray
     columns: tuple[str, ...]
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _set_items(cache: ActivationCache, spoken_set: SpokenSet) -> list[Item]:
-    """The spoken set's item for each cache item (by id), with the same transcript."""
-    by_id = {item.id: item for item in spoken_set.items}
-    missing = [meta.id for meta in cache.items if meta.id not in by_id]
-    if missing:
-        raise InterpError(f"the spoken set {spoken_set.root} lacks {len(missing)} of the cache's {len(cache.items)} "
-                          f"items, first {missing[0]!r}: fit with the set the cache was extracted from")
-    for meta in cache.items:
-        if by_id[meta.id].transcript != meta.transcript:
-            raise InterpError(f"item {meta.id!r} has another transcript in {spoken_set.root} than in the cache: "
-                              "fit with the set the cache was extracted from")
-    return [by_id[meta.id] for meta in cache.items]
 
 
 def _overlaps(start: np.ndarray, end: np.ndarray, words: Sequence[Any]) -> np.ndarray:
@@ -230,7 +217,7 @@ def concept_labels(cache: ActivationCache, spoken_set: SpokenSet, concept: str, 
     if not audio.any():
         raise InterpError(f"{cache.path}: the cache holds no audio rows (positions {cache.positions!r}); erasers are "
                           "fitted on audio positions: extract with --positions audio or all")
-    set_items = _set_items(cache, spoken_set)
+    set_items = set_items_of(cache, spoken_set)
     bounds = np.searchsorted(table["item"], np.arange(len(set_items) + 1))
     n_rows = audio.size
     if items is None:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from activations import AUDIO, ActivationCache
+from activations.extract import set_items_of
 from interp.data.audio import SAMPLE_RATE
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
@@ -183,20 +184,6 @@ def _check_request(cache: ActivationCache, probes: Sequence[str], sites: Sequenc
     return sort_sites(list(dict.fromkeys(chosen)))
 
 
-def _match_items(cache: ActivationCache, spoken_set: SpokenSet) -> list[Any]:
-    """The spoken set's item for each cache item (by id); the set must hold them all with the same text."""
-    by_id = {item.id: item for item in spoken_set.items}
-    missing = [meta.id for meta in cache.items if meta.id not in by_id]
-    if missing:
-        raise InterpError(f"the spoken set {spoken_set.root} lacks {len(missing)} of the cache's {len(cache.items)} "
-                          f"items, first {missing[0]!r}: probe with the set the cache was extracted from")
-    for meta in cache.items:
-        if by_id[meta.id].transcript != meta.transcript:
-            raise InterpError(f"item {meta.id!r} has another transcript in {spoken_set.root} than in the cache: "
-                              "probe with the set the cache was extracted from")
-    return [by_id[meta.id] for meta in cache.items]
-
-
 def _split(n_items: int, with_audio: np.ndarray, test_fraction: float, n_folds: int, seed: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """Seeded item split of the items that have audio rows: (train, test) positions, sorted."""
@@ -244,7 +231,7 @@ def _plan(cache: ActivationCache, spoken_set: SpokenSet, probes: Sequence[str], 
     if not (table["kind"] == AUDIO).any():
         raise InterpError(f"{cache.path}: the cache holds no audio rows (positions {cache.positions!r}); the probes "
                           "read audio positions: extract with --positions audio or all")
-    set_items = _match_items(cache, spoken_set)
+    set_items = set_items_of(cache, spoken_set)
     bounds = np.searchsorted(table["item"], np.arange(n_items + 1))
     audio_rows = np.bincount(table["item"][table["kind"] == AUDIO], minlength=n_items)
     train, test = _split(n_items, audio_rows > 0, test_fraction, n_folds, seed)

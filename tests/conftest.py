@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import run_cli
 
@@ -16,3 +18,13 @@ def sentiment_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli("data", "synth", "sentiment", "--n", "12", "--seed", "0", "--out", out)
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Small torch ops (CTC probes, LEACE on tiny data): a second intra-op thread only adds scheduling
+    waits on a busy 2-core machine. Use with pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,7 +5,6 @@ equals a no-cache loop, files round-trip, and a wrong model is refused with one 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +29,7 @@ VOCAB = ("movie", "terrible", "service", "team", "dog", "shares", "report", "cup
 SITES = {"llm.layers.0": D, "llm.layers.1": D, "llm.layers.2": D}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)

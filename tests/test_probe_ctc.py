@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from interp.errors import InterpError
 from interp.text_metrics import _word_edits  # an independent Levenshtein, used only as the reference
@@ -20,13 +18,7 @@ WORDS = "the quick brown fox jumps over lazy dog pack my box with five dozen liq
 N_CLASSES = len(CHARSET)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny CTC batches: a second intra-op thread only adds scheduling waits on a busy test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ctc_path(labels: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +32,7 @@ SITES = {"llm.layers.10": 32, "projector": 36, "llm.layers.2": R_TRUE * 29 + 20,
 LAYER_ORDER = ("audio.layers.0", "projector", "llm.layers.2", "llm.layers.10")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny CTC batches: a second intra-op thread only adds scheduling waits on a busy test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)
