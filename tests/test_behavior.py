@@ -22,7 +22,7 @@ from interp.behavior import (
 from interp.data.audio import write_wav
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
-from interp.models.cascade import Oracle
+from interp.models.cascade import Cascade, Oracle
 from interp.models.tiny import tiny_text_lm, tiny_ultravox
 from interp.task_prompts import task_prompt
 from tests.helpers import run_cli
@@ -117,6 +117,34 @@ def test_text_scores_equal_manual_log_probability_sums(tmp_path: Path, oracle, m
             log_probs = torch.log_softmax(logits, dim=-1)
             expected.append(sum(log_probs[len(head) + k - 1, token].item() for k, token in enumerate(ids)))
         np.testing.assert_allclose(line["scores"], expected, rtol=0, atol=1e-4)
+
+
+class _CountingASR:
+    """An ASR that names each clip by its length, and records the batches it was given."""
+
+    name = "counting-asr"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def transcribe(self, audio) -> list[str]:
+        self.batches.append(len(audio))
+        return [f"clip of {len(clip)} samples" for clip in audio]
+
+
+def test_cascade_transcribes_in_batches_and_scores_its_transcript(tmp_path: Path, oracle) -> None:
+    spoken = make_set(tmp_path / "s", sentiment_records(11))
+    asr = _CountingASR()
+    lines = _lines(run_system(Cascade(asr, oracle.llm, name="tiny-cascade"), spoken, tmp_path / "run",
+                              system_name="tiny-cascade"))
+    assert asr.batches == [8, 3]
+    prompt = task_prompt("sentiment").prompt
+    for item, line in zip(spoken.items, lines):
+        heard = f"clip of {len(spoken.load_audio(item))} samples"
+        assert line["asr_transcript"] == heard
+        np.testing.assert_allclose(line["scores"], oracle.llm.score_choices(heard, prompt, list(item.choices)),
+                                   rtol=0, atol=1e-9)
+        assert line["latency_s"] > 0
 
 
 def test_batch_calibration_recomputed_from_raw_scores(tmp_path: Path, ultravox, mixed_set: SpokenSet) -> None:
