@@ -1,0 +1,793 @@
+"""Train mini-ultravox's projector on CPU by distillation (issue 6).
+
+Whisper-base's encoder and SmolLM2-135M-Instruct stay frozen (fp32, eval mode); only the Ultravox projector
+(stack 8, hidden MINI_ULTRAVOX_PROJECTOR_HIDDEN, ln_mid) trains.
+
+Stages, all under --work and each skipped when its output is already there (so a killed run resumes):
+1. sentences.json: training sentences from (a) templates + vocabulary written here (everyday statements,
+   questions, news-like, reviews-like; none of interp/data/tasks.py's templates or word lists) and (b)
+   sentences sampled from SmolLM2 on varied prompts (seeded, 6-25 words, ASCII letters and punctuation only,
+   no digits). Validation sentences come from a held-out template family and SmolLM2 samples on held-out
+   topics/prompt styles. (c) real English text from installed packages: none clean is on disk (no corpora
+   are installed), so that source is skipped. Sentences equal to a built-in suite item are dropped.
+   Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
+   settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
+   m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
+2. shards/{split}-NNNN.safetensors + .json: per utterance the frozen encoder's output (audio_tower on that
+   clip's mel features alone, no padding to 30 s; float16), the transcript's token ids and, for training
+   items, one KL prompt with the teacher's greedy response (SmolLM2 reading the transcript in place of the
+   audio, <= --kl-max-tokens tokens) and, at each response position, the teacher's top-k (--top-k) token
+   ids and full-vocabulary log-probabilities.
+3. Training: per step a batch of items gives
+   - cross-entropy rows: "Repeat exactly what you heard: <|audio|>" (prompt built as UltravoxSpeechLM does,
+     through chat_text) with target = transcript tokens + eos (<|im_end|>), averaged over target tokens;
+   - KL rows (the first --kl-batch items of the batch): the item's KL prompt (task-style few-shot prompts of
+     interp.task_prompts, chat instructions and plain continuation) followed by the teacher's response;
+     KL(teacher || student) at each response position over the teacher's top-k tokens plus one "rest of
+     the vocabulary" bucket (exact for a (k+1)-outcome coarsening of both distributions), averaged over
+     positions.
+   loss = ce + --kl-weight * kl. AdamW, linear warmup then cosine decay to 5 % of --lr, grad-norm clip 1.
+   Encoder outputs of a batch are zero-padded to its longest item, which matches one clip alone (the
+   projector stacks frames from 0, and the last partial group is zero-padded either way).
+   Batches are a deterministic function of (seed, step), so resuming from a checkpoint continues exactly.
+4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
+   validation items, WER (interp.text_metrics) logged; at the end on all validation items.
+   --export PATH writes the projector's state dict (keys of UltravoxModel.multi_modal_projector) as
+   safetensors, float32, plus PATH with .json: a model-card stub (data, steps, wall time, losses, WER).
+
+Files in --work: log.jsonl (one line per step: step, loss, ce, kl, lr, items_per_s, elapsed_s; eval lines
+carry "val_wer"), checkpoint.safetensors (projector), train_state.pt (optimizer, scheduler, step),
+prep_stats.json (data-prep timings). --max-minutes counts from the start of the process (data prep included)
+and stops cleanly with a checkpoint (and the export, marked "completed": false).
+
+Usage:
+  python scripts/train_projector.py --work runs/projector --n-train 3000 --n-val 120 --steps 2000 \
+      --batch-size 8 --lr 1e-3 --seed 0 --max-minutes 150 \
+      --export interp/resources/mini_ultravox_projector.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from interp.models.base import AUDIO_PLACEHOLDER
+from interp.models.prompting import PlainPrompt, chat_text, split_prompt
+from interp.models.ultravox import UltravoxProjector, audio_token_count
+
+_log = logging.getLogger("train_projector")
+
+DATA_VERSION = 1
+REPEAT_PROMPT = "Repeat exactly what you heard: <|audio|>"
+SHARD_SIZE = 32
+MAX_SECONDS = 29.0
+
+# ---------------------------------------------------------------------------------------------- sentences
+
+_NAMES = ["Maria", "Tom", "Priya", "Omar", "Lucy", "Daniel", "Sofia", "Ahmed", "Chloe", "Marcus", "Nina",
+          "Victor", "Hannah", "Ravi", "Olivia", "Samuel", "Yuki", "Pedro", "Fatima", "George", "Ellen", "Tariq"]
+_RELATIONS = ["my sister", "our neighbour", "the teacher", "my uncle", "a local farmer", "the new manager",
+              "her grandfather", "his cousin", "the doctor", "a young student", "my best friend", "the landlord"]
+_PLACES = ["the library", "the park", "the market", "the harbour", "the old bridge", "the bakery", "the gym",
+           "the post office", "the hospital", "the airport", "the village square", "the garden", "the beach",
+           "the office", "the school", "the supermarket", "the swimming pool", "the train station"]
+_TIMES = ["on Monday", "last night", "early this morning", "after lunch", "in the spring", "every weekend",
+          "before sunrise", "at midnight", "next Friday", "two weeks ago", "during the summer", "later today",
+          "on Saturday afternoon", "around noon", "this evening", "last winter"]
+_ACTIVITIES = [("fix the broken fence", "fixed the broken fence"), ("paint the kitchen", "painted the kitchen"),
+               ("learn to swim", "learned to swim"), ("bake fresh bread", "baked fresh bread"),
+               ("plant some tomatoes", "planted some tomatoes"), ("clean the garage", "cleaned the garage"),
+               ("write a long letter", "wrote a long letter"), ("visit her parents", "visited her parents"),
+               ("call the plumber", "called the plumber"), ("walk the dog", "walked the dog"),
+               ("wash the car", "washed the car"), ("study for the exam", "studied for the exam"),
+               ("cook dinner for everyone", "cooked dinner for everyone"), ("repair the bicycle", "repaired the bicycle"),
+               ("sell the old piano", "sold the old piano"), ("move the heavy boxes", "moved the heavy boxes"),
+               ("feed the chickens", "fed the chickens"), ("climb the hill", "climbed the hill")]
+_OBJECTS = ["umbrella", "notebook", "blanket", "kettle", "suitcase", "ladder", "mirror", "candle", "wallet",
+            "helmet", "jacket", "teapot", "carpet", "radio", "envelope", "backpack", "scarf", "pillow",
+            "flashlight", "calendar"]
+_ADJECTIVES = ["heavy", "quiet", "narrow", "bright", "ancient", "crowded", "tiny", "enormous", "muddy", "shiny",
+               "warm", "cold", "empty", "noisy", "fragile", "colourful", "rusty", "soft", "dusty", "strange"]
+_ROOMS = ["hallway", "attic", "basement", "living room", "bedroom", "bathroom", "cellar", "study"]
+_WEATHER = ["windy", "foggy", "hot", "freezing", "stormy", "humid", "sunny", "chilly"]
+_FOODS = ["soup", "toast", "rice", "salad", "noodles", "pancakes", "cheese", "biscuits"]
+_DRINKS = ["tea", "coffee", "orange juice", "milk", "lemonade", "hot chocolate"]
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_NUMBERS = ["two", "three", "four", "five", "six", "twelve", "twenty", "forty", "a hundred"]
+_CITIES = ["Dublin", "Oslo", "Toronto", "Melbourne", "Chicago", "Lisbon", "Denver", "Glasgow", "Auckland",
+           "Boston", "Helsinki", "Prague"]
+_COUNTRIES = ["Norway", "Chile", "Ireland", "Mexico", "Ghana", "Portugal", "Finland", "Thailand", "Morocco",
+              "Australia"]
+_REVIEW_SUBJECTS = ["sandwich", "hiking trail", "podcast", "theme park", "bakery", "headphones", "sofa",
+                    "documentary", "taxi ride", "dentist", "pizza", "spa", "bus tour", "board game", "keyboard",
+                    "guidebook", "hostel", "soup", "workshop", "sushi bar"]
+_GOOD = ["pleasant", "tasty", "comfortable", "reliable", "cheerful", "fresh", "friendly", "clever", "affordable",
+         "relaxing", "thrilling", "generous", "spotless", "cozy", "elegant"]
+_BAD = ["greasy", "overpriced", "flimsy", "confusing", "stale", "rude", "cramped", "slow", "grimy", "clumsy",
+        "shallow", "soggy", "unreliable", "chaotic", "cold"]
+_ANIMALS = ["owls", "bats", "foxes", "cats", "hedgehogs", "raccoons"]
+_ORGS = ["the city council", "the health ministry", "the school board", "the national park service",
+         "the football club", "the transport authority"]
+_CIVIC = ["build a new cycle lane", "repair the old harbour wall", "plant a thousand trees", "open a night bus",
+          "close the main road for a festival", "rebuild the public library"]
+_THEMES = ["ancient ships", "modern design", "the history of maps", "early photography", "desert plants"]
+
+_TRAIN_TEMPLATES = [
+    "{name} wants to {act} {time}.", "{name} {acted} {time}.", "{Rel} left the {obj} at {place}.",
+    "The {adj} {obj} is in the {room}.", "We are going to {place} {time} to {act}.",
+    "I forgot my {obj} at {place} again.", "{name} and {name2} met at {place} {time}.",
+    "It was too {weather} to {act}, so we stayed at home.", "Please remember to {act} {time}.",
+    "{Rel} said the {obj} was too {adj}.", "Where did you put the {adj} {obj}?",
+    "Could you {act} before {day}?", "Why is the {obj} lying on the floor of the {room}?",
+    "How long does it take to walk to {place}?", "Do you know if {name} is coming {time}?",
+    "What time does {place} close on {day}?", "Have you ever tried to {act}?",
+    "Would you like some {food} with your {drink}?", "The city council of {city} approved a plan to {civic}.",
+    "Firefighters rescued {num} people from a building near {city} {time}.",
+    "Local farmers in {country} expect a good harvest after the {weather} summer.",
+    "The museum in {city} will open a new exhibition about {theme}.",
+    "Scientists in {country} counted {num} {animals} in a single forest.",
+    "{Org} announced {num} new bus routes for the city.", "The {rsub} was {good} but a little {bad}.",
+    "I would not recommend this {rsub}, it was {bad}.", "Our {rsub} turned out {good} and {good2}.",
+    "For the price, the {rsub} felt rather {bad}.", "Five stars, the {rsub} is {good}.",
+    "The staff were {good}, yet the {rsub} was {bad}.", "The forecast says it will be {weather} {time}.",
+    "{Animals} usually sleep during the day and hunt at night.", "{name} drank some {drink} and went to bed.",
+    "There are {num} {obj}s in the {room}, but nobody knows why.",
+    "If it stays {weather}, {name} will {act} {time}.", "I think {name} has already {acted}.",
+]
+_VAL_TEMPLATES = [
+    "After {time}, {name} finally decided to {act}.", "Is there a {adj} {obj} somewhere near {place}?",
+    "According to the radio, {city} had its coldest winter in years.",
+    "My neighbour keeps a {adj} {obj} beside the {room} door.",
+    "The {rsub} we tried last week was surprisingly {good}.",
+    "Nobody expected the festival in {city} to be so {adj}.",
+    "Why would anyone {act} in the middle of the night?",
+    "Every morning {name} drinks {drink} and reads the paper.",
+    "Honestly, the {rsub} could have been less {bad}.", "Did {name} really {act} all alone?",
+]
+
+_LM_TRAIN_TOPICS = ["cooking", "the weather", "a train journey", "gardening", "a football match",
+                    "a visit to the dentist", "shopping for shoes", "a rainy afternoon", "school homework",
+                    "a birthday party", "the ocean", "a new job", "learning a language", "a lost cat",
+                    "the night sky", "a mountain hike", "a noisy neighbour", "a job interview", "fixing a car",
+                    "a library", "a summer holiday", "a farm", "a hospital", "a music lesson", "a city at night",
+                    "a bakery", "a science experiment", "a family dinner", "winter clothes", "a long flight"]
+_LM_TRAIN_STYLES = ["Write one short sentence about {t}.", "Write a single sentence someone might say about {t}.",
+                    "Write one question a person might ask about {t}.",
+                    "Write one sentence from a news report about {t}.", "Write a one sentence review of {t}."]
+_LM_VAL_TOPICS = ["a bicycle repair shop", "a chess tournament", "a thunderstorm", "a wedding", "a power cut",
+                  "a flower market", "a museum guide", "a camping trip", "a broken phone", "a piano recital"]
+_LM_VAL_STYLES = ["Describe {t} in one sentence.", "Tell me one fact about {t} in a single sentence."]
+
+_CLEAN = re.compile(r"^[A-Za-z][A-Za-z ,.'?!;:-]*[.?!]$")
+
+
+def _fill(template: str, rng: np.random.Generator) -> str:
+    pick = lambda values: str(values[int(rng.integers(len(values)))])  # noqa: E731
+    act = _ACTIVITIES[int(rng.integers(len(_ACTIVITIES)))]
+    names = rng.choice(_NAMES, size=2, replace=False)
+    goods = rng.choice(_GOOD, size=2, replace=False)
+    animals = pick(_ANIMALS)
+    slots = dict(name=str(names[0]), name2=str(names[1]), Rel=pick(_RELATIONS).capitalize(), place=pick(_PLACES),
+                 time=pick(_TIMES), act=act[0], acted=act[1], obj=pick(_OBJECTS), adj=pick(_ADJECTIVES),
+                 room=pick(_ROOMS), weather=pick(_WEATHER), food=pick(_FOODS), drink=pick(_DRINKS), day=pick(_DAYS),
+                 num=pick(_NUMBERS), city=pick(_CITIES), country=pick(_COUNTRIES), rsub=pick(_REVIEW_SUBJECTS),
+                 good=str(goods[0]), good2=str(goods[1]), bad=pick(_BAD), animals=animals,
+                 Animals=animals.capitalize(), Org=pick(_ORGS).capitalize(), civic=pick(_CIVIC), theme=pick(_THEMES))
+    text = template.format(**slots)
+    return text[0].upper() + text[1:]
+
+
+def template_sentences(n: int, templates: list[str], rng: np.random.Generator, seen: set[str]) -> list[str]:
+    out: list[str] = []
+    for _ in range(n * 50):
+        if len(out) == n:
+            break
+        text = _fill(str(templates[int(rng.integers(len(templates)))]), rng)
+        if text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def clean_sample(text: str) -> str | None:
+    """One plain sentence from a SmolLM2 reply, or None: skips 'Sure, here is...' lead-ins, keeps the first
+    sentence, requires ASCII letters and punctuation only (no digits) and 6-25 words."""
+    lines = [line.strip().strip('"').strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not line.endswith(":") and not line.lower().startswith(("sure", "here"))]
+    if not lines:
+        return None
+    match = re.match(r"^(.*?[.?!])(\s|$)", lines[0])
+    sentence = (match.group(1) if match else lines[0]).strip().strip('"')
+    if not _CLEAN.match(sentence) or not 6 <= len(sentence.split()) <= 25:
+        return None
+    return sentence
+
+
+@torch.no_grad()
+def generate_left_padded(lm, rows: list[list[int]], pad_id: int, **kwargs):
+    """HF generate on left-padded prompt ids; returns the generate output and the prompt width."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    out = lm.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad_id, return_dict_in_generate=True,
+                      **kwargs)
+    return out, width
+
+
+def lm_sentences(stack, n: int, topics: list[str], styles: list[str], seed: int, seen: set[str]) -> list[str]:
+    """n sentences sampled from SmolLM2 (temperature 0.9, top-p 0.95, seeded per batch)."""
+    batch = min(16, max(4, n))
+    model, tok = stack["model"].language_model, stack["tokenizer"]
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for attempt in range(max(4, 4 * math.ceil(n / batch) + 4)):
+        if len(out) >= n:
+            break
+        prompts = [str(styles[int(rng.integers(len(styles)))]).format(t=topics[int(rng.integers(len(topics)))])
+                   for _ in range(batch)]
+        rows = [tok(chat_text(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        torch.manual_seed(seed * 100_003 + attempt)
+        result, width = generate_left_padded(model, rows, stack["pad_id"], do_sample=True, temperature=0.9,
+                                             top_p=0.95, max_new_tokens=40)
+        for seq in result.sequences:
+            sentence = clean_sample(tok.decode(seq[width:], skip_special_tokens=True))
+            if sentence and sentence not in seen and len(out) < n:
+                seen.add(sentence)
+                out.append(sentence)
+    return out
+
+
+def suite_texts() -> set[str]:
+    """Transcripts of the built-in text suites at their default seed, to keep out of the training data."""
+    from interp.data.tasks import synthesize_suite
+
+    texts: set[str] = set()
+    for task in ("sentiment", "topic", "yesno", "pitch"):
+        texts.update(item.transcript for item in synthesize_suite(task, n=400, seed=0))
+    return texts
+
+
+def val_settings(engine: str, rng: np.random.Generator):
+    """Voice settings outside vary_settings' training ranges."""
+    from interp.data.tts import EspeakSettings, PiperSettings
+
+    def band(low: tuple[float, float], high: tuple[float, float]) -> float:
+        lo, hi = low if rng.random() < 0.5 else high
+        return float(rng.uniform(lo, hi))
+
+    if engine == "piper":
+        return PiperSettings(length_scale=round(band((0.75, 0.85), (1.2, 1.3)), 3),
+                             noise_scale=round(band((0.3, 0.4), (0.8, 0.9)), 3),
+                             noise_w=round(band((0.3, 0.5), (1.0, 1.1)), 3), seed=int(rng.integers(2**31)))
+    return EspeakSettings(voice=f"{rng.choice(['en-us', 'en', 'en-gb-x-rp'])}+{rng.choice(['m5', 'm6', 'f5'])}",
+                          rate_wpm=int(band((125, 140), (200, 215))), pitch=int(band((25, 35), (65, 75))),
+                          pitch_range=int(rng.integers(30, 70)))
+
+
+def settings_dict(settings) -> dict:
+    from dataclasses import asdict
+
+    return {"type": type(settings).__name__, **asdict(settings)}
+
+
+def settings_from(data: dict):
+    from interp.data.tts import EspeakSettings, PiperSettings
+
+    data = dict(data)
+    kind = data.pop("type")
+    return (PiperSettings if kind == "PiperSettings" else EspeakSettings)(**data)
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+def kl_prompts() -> list[str]:
+    """Task-style and continuation prompts for the KL term (each with one audio placeholder)."""
+    from interp.task_prompts import TASK_PROMPTS
+
+    return [TASK_PROMPTS["sentiment"].prompt, TASK_PROMPTS["topic"].prompt, TASK_PROMPTS["yesno"].prompt,
+            "Continue this text: <|audio|>", "What is this sentence about? <|audio|>", "<|audio|>",
+            "Is the following positive, negative or neutral? <|audio|>", "Answer briefly: <|audio|>",
+            PlainPrompt("<|audio|>"), PlainPrompt("Text: <|audio|>\nSummary:")]
+
+
+def with_text(prompt: str, text: str) -> str:
+    """The prompt with the transcript in place of the audio placeholder (stays a PlainPrompt if it was one)."""
+    filled = prompt.replace(AUDIO_PLACEHOLDER, text)
+    return PlainPrompt(filled) if isinstance(prompt, PlainPrompt) else filled
+
+
+@lru_cache(maxsize=None)
+def _prompt_parts(tok_id: int, prompt: str, plain: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    tok = _TOKENIZERS[tok_id]
+    before, after = split_prompt(chat_text(tok, PlainPrompt(prompt) if plain else prompt))
+    return (tuple(tok(before, add_special_tokens=False)["input_ids"]),
+            tuple(tok(after, add_special_tokens=False)["input_ids"]))
+
+
+_TOKENIZERS: dict[int, object] = {}
+
+
+def prompt_parts(tok, prompt: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids before and after the audio span, exactly as UltravoxSpeechLM._encode builds them."""
+    _TOKENIZERS[id(tok)] = tok
+    return _prompt_parts(id(tok), str(prompt), isinstance(prompt, PlainPrompt))
+
+
+# ---------------------------------------------------------------------------------------------- stack
+
+@lru_cache(maxsize=None)
+def load_stack() -> dict:
+    """mini-ultravox's frozen parts: UltravoxModel (audio tower + SmolLM2), tokenizer, feature extractor."""
+    from interp.models.mini import load_model
+
+    speech_lm = load_model("mini-ultravox")
+    model = speech_lm.model.eval()
+    model.requires_grad_(False)
+    return {"model": model, "tokenizer": speech_lm.tokenizer, "feature_extractor": speech_lm.feature_extractor,
+            "pad_id": speech_lm.pad_id, "eos_id": int(speech_lm.tokenizer.eos_token_id)}
+
+
+def fresh_projector(stack: dict, seed: int) -> UltravoxProjector:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        projector = UltravoxProjector(stack["model"].config)
+    finally:
+        torch.random.set_rng_state(state)
+    return projector.train()
+
+
+# ---------------------------------------------------------------------------------------------- data prep
+
+def make_sentences(args, stack, work: Path) -> dict:
+    path = work / "sentences.json"
+    spec = {"version": DATA_VERSION, "n_train": args.n_train, "n_val": args.n_val, "seed": args.seed,
+            "lm_fraction": args.lm_fraction, "piper_fraction": args.piper_fraction}
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data["spec"] != spec:
+            raise SystemExit(f"{path} was made with {data['spec']}, not {spec}: use a new --work folder")
+        return data
+    start = time.perf_counter()
+    seen = suite_texts()
+    banned = set(seen)
+    rng = np.random.default_rng([args.seed, 1])
+    n_lm = round(args.n_train * args.lm_fraction)
+    train_lm = lm_sentences(stack, n_lm, _LM_TRAIN_TOPICS, _LM_TRAIN_STYLES, args.seed * 2 + 1, seen)
+    train = [("lm", s) for s in train_lm] + [("template", s) for s in template_sentences(
+        args.n_train - len(train_lm), _TRAIN_TEMPLATES, rng, seen)]
+    n_val_lm = round(args.n_val * 0.5)
+    val_lm = lm_sentences(stack, n_val_lm, _LM_VAL_TOPICS, _LM_VAL_STYLES, args.seed * 2 + 2, seen)
+    val = [("lm-heldout", s) for s in val_lm] + [("template-heldout", s) for s in template_sentences(
+        args.n_val - len(val_lm), _VAL_TEMPLATES, rng, seen)]
+    assert not banned & {s for _, s in train + val}
+    order = rng.permutation(len(train))
+    train = [train[i] for i in order]
+    from interp.data.tts import vary_settings
+
+    prompts = kl_prompts()
+    items = {"train": [], "val": []}
+    for split, sentences in (("train", train), ("val", val)):
+        voice_rng = np.random.default_rng([args.seed, 2 if split == "train" else 3])
+        for index, (source, text) in enumerate(sentences):
+            engine = "piper" if voice_rng.random() < args.piper_fraction else "espeak"
+            settings = vary_settings(engine, voice_rng) if split == "train" else val_settings(engine, voice_rng)
+            items[split].append({"id": f"{split}-{index:05d}", "text": text, "source": source, "engine": engine,
+                                 "settings": settings_dict(settings),
+                                 "kl_prompt": int(voice_rng.integers(len(prompts)))})
+    data = {"spec": spec, "items": items, "seconds": time.perf_counter() - start,
+            "counts": {split: {src: sum(1 for it in items[split] if it["source"] == src)
+                               for src in {it["source"] for it in items[split]}} for split in items}}
+    _atomic_write_text(path, json.dumps(data, indent=1))
+    return data
+
+
+@torch.no_grad()
+def encode_audio(stack, samples: np.ndarray) -> Tensor:
+    """Frozen encoder output of one clip alone: (valid encoder frames, d_audio)."""
+    fe = stack["feature_extractor"]
+    features = fe([np.asarray(samples, dtype=np.float32)], sampling_rate=16_000, padding="longest",
+                  pad_to_multiple_of=fe.hop_length, truncation=False, return_attention_mask=True,
+                  return_tensors="pt")
+    audio_lens = features["attention_mask"].sum(-1)
+    hidden = stack["model"].audio_tower(features["input_features"], audio_lens)
+    valid = int((audio_lens[0] - 1) // 2 + 1)
+    return hidden[0, :valid], int(audio_lens[0])
+
+
+@torch.no_grad()
+def teacher_targets(stack, items: list[dict], prompts: list[str], top_k: int, max_tokens: int) -> list[dict]:
+    """Greedy teacher response and its top-k log-probs for each item's KL prompt with the transcript as text."""
+    tok, lm = stack["tokenizer"], stack["model"].language_model
+    rows = [tok(chat_text(tok, with_text(prompts[it["kl_prompt"]], it["text"])), add_special_tokens=False)
+            ["input_ids"] for it in items]
+    out, _ = generate_left_padded(lm, rows, stack["pad_id"], do_sample=False, max_new_tokens=max_tokens,
+                                  output_logits=True)
+    logits = torch.stack(out.logits, dim=1).float()  # (batch, steps, vocab)
+    steps = logits.shape[1]
+    new = out.sequences[:, -steps:]
+    results = []
+    for row in range(len(items)):
+        ids = new[row].tolist()
+        length = ids.index(stack["eos_id"]) + 1 if stack["eos_id"] in ids else len(ids)
+        logp = torch.log_softmax(logits[row, :length], dim=-1)
+        top = logp.topk(top_k, dim=-1)
+        results.append({"response": ids[:length], "idx": top.indices.to(torch.int32), "logp": top.values})
+    return results
+
+
+def prepare_split(args, stack, work: Path, split: str, items: list[dict], stats: dict) -> None:
+    from interp.data.tts import open_engine
+
+    shard_dir = work / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    tok, prompts = stack["tokenizer"], kl_prompts()
+    shards = range(math.ceil(len(items) / SHARD_SIZE))
+    todo = [k for k in shards if not (shard_dir / f"{split}-{k:04d}.json").exists()]
+    if not todo:
+        return
+    from tqdm import tqdm
+
+    for k in tqdm(todo, desc=f"prep {split}", unit="shard"):
+        chunk = items[k * SHARD_SIZE:(k + 1) * SHARD_SIZE]
+        tensors, meta = {}, []
+        kept = []
+        for it in chunk:
+            t0 = time.perf_counter()
+            utterance = open_engine(it["engine"]).speak(it["text"], settings_from(it["settings"]))
+            t1 = time.perf_counter()
+            stats["tts_s"] += t1 - t0
+            if utterance.duration > MAX_SECONDS:
+                _log.warning("skipping %s: %.1f s of audio", it["id"], utterance.duration)
+                continue
+            enc, mel_frames = encode_audio(stack, utterance.samples)
+            stats["encoder_s"] += time.perf_counter() - t1
+            stats["audio_s"] += utterance.duration
+            stats["utterances"] += 1
+            tensors[f"enc.{it['id']}"] = enc.to(torch.float16).contiguous()
+            kept.append(it)
+            meta.append({**it, "mel_frames": mel_frames, "duration": utterance.duration,
+                         "tokens": tok(it["text"], add_special_tokens=False)["input_ids"]})
+        if split == "train" and kept:
+            t0 = time.perf_counter()
+            for start in range(0, len(kept), 16):
+                part = kept[start:start + 16]
+                for it, target, m in zip(part, teacher_targets(stack, part, prompts, args.top_k,
+                                                                args.kl_max_tokens), meta[start:start + 16]):
+                    m["response"] = target["response"]
+                    tensors[f"kl_idx.{it['id']}"] = target["idx"].contiguous()
+                    tensors[f"kl_logp.{it['id']}"] = target["logp"].contiguous()
+            stats["teacher_s"] += time.perf_counter() - t0
+        save_file(tensors, str(shard_dir / f"{split}-{k:04d}.safetensors"))
+        _atomic_write_text(shard_dir / f"{split}-{k:04d}.json", json.dumps(meta))
+        _atomic_write_text(work / "prep_stats.json", json.dumps(stats, indent=1))
+
+
+def load_split(work: Path, split: str) -> list[dict]:
+    out = []
+    for meta_path in sorted((work / "shards").glob(f"{split}-*.json")):
+        tensors = load_file(str(meta_path.with_suffix(".safetensors")))
+        for m in json.loads(meta_path.read_text()):
+            m["enc"] = tensors[f"enc.{m['id']}"]
+            if f"kl_idx.{m['id']}" in tensors:
+                m["kl_idx"] = tensors[f"kl_idx.{m['id']}"].long()
+                m["kl_logp"] = tensors[f"kl_logp.{m['id']}"]
+            out.append(m)
+    return out
+
+
+def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
+    stats_path = work / "prep_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {
+        "utterances": 0, "audio_s": 0.0, "tts_s": 0.0, "encoder_s": 0.0, "teacher_s": 0.0}
+    t0 = time.perf_counter()
+    data = make_sentences(args, stack, work)
+    stats["sentences_s"] = data["seconds"]
+    stats["counts"] = data["counts"]
+    for split in ("train", "val"):
+        prepare_split(args, stack, work, split, data["items"][split], stats)
+    stats["last_prep_call_s"] = time.perf_counter() - t0
+    _atomic_write_text(stats_path, json.dumps(stats, indent=1))
+    return load_split(work, "train"), load_split(work, "val"), stats
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> list[int]:
+    """Items of step `step` (0-based): consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    out = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, n)
+        out.append(int(np.random.default_rng([seed, 7, epoch]).permutation(n)[offset]))
+    return out
+
+
+def project(projector: UltravoxProjector, encs: list[Tensor]) -> Tensor:
+    """Projected audio of a batch of encoder outputs, zero-padded to the longest."""
+    width = max(e.shape[0] for e in encs)
+    padded = torch.stack([F.pad(e.float(), (0, 0, 0, width - e.shape[0])) for e in encs])
+    return projector(padded)
+
+
+def build_rows(stack, audio: Tensor, items: list[dict], prompts: list[str], suffixes: list[list[int]],
+               ) -> tuple[Tensor, Tensor, list[int]]:
+    """inputs_embeds (rows, seq, d), attention mask and the prompt length of each row (suffix starts there)."""
+    tok, model = stack["tokenizer"], stack["model"]
+    embed = model.get_input_embeddings()
+    pieces, lengths, prompt_lens = [], [], []
+    for row, (it, prompt, suffix) in enumerate(zip(items, prompts, suffixes)):
+        head, tail = prompt_parts(tok, prompt)
+        n_audio = audio_token_count(it["mel_frames"], stack_factor=model.config.stack_factor)
+        with torch.no_grad():
+            before = embed(torch.tensor(head, dtype=torch.long))
+            after = embed(torch.tensor(list(tail) + list(suffix), dtype=torch.long))
+        pieces.append(torch.cat([before, audio[row, :n_audio], after]))
+        prompt_lens.append(len(head) + n_audio + len(tail))
+        lengths.append(pieces[-1].shape[0])
+    width = max(lengths)
+    embeds = torch.stack([F.pad(p, (0, 0, 0, width - p.shape[0])) for p in pieces])
+    mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+    return embeds, mask, prompt_lens
+
+
+def suffix_logits(stack, embeds: Tensor, mask: Tensor, starts: list[int], counts: list[int]) -> list[Tensor]:
+    """LLM logits predicting each row's `counts[r]` suffix tokens (positions starts[r]-1 ...)."""
+    lm = stack["model"].language_model
+    hidden = lm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    picked = [hidden[r, s - 1:s - 1 + c] for r, (s, c) in enumerate(zip(starts, counts))]
+    logits = lm.lm_head(torch.cat(picked)).float()
+    return list(logits.split(counts))
+
+
+def topk_kl(student_logits: Tensor, idx: Tensor, teacher_logp: Tensor) -> Tensor:
+    """Sum over positions of KL(teacher || student) on the teacher's top-k tokens + one bucket for the rest."""
+    s_logp = torch.log_softmax(student_logits, dim=-1).gather(-1, idx)
+    t_logp = teacher_logp.float()
+    t_rest = torch.log(torch.clamp(1 - t_logp.exp().sum(-1), min=1e-6))
+    s_rest = torch.log(torch.clamp(1 - s_logp.exp().sum(-1), min=1e-6))
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1) + t_rest.exp() * (t_rest - s_rest)
+    return kl.sum()
+
+
+def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[str]) -> dict:
+    eos = stack["eos_id"]
+    audio = project(projector, [it["enc"] for it in items])
+    targets = [list(it["tokens"]) + [eos] for it in items]
+    embeds, mask, starts = build_rows(stack, audio, items, [REPEAT_PROMPT] * len(items), targets)
+    logits = suffix_logits(stack, embeds, mask, starts, [len(t) for t in targets])
+    ce = F.cross_entropy(torch.cat(logits), torch.tensor([x for t in targets for x in t]))
+    kl = torch.zeros(())
+    rows = [r for r, it in enumerate(items[:kl_batch]) if "kl_idx" in it]
+    kl_items = [items[r] for r in rows]
+    if kl_items:
+        responses = [it["response"] for it in kl_items]
+        embeds, mask, starts = build_rows(stack, audio[rows], kl_items,
+                                          [prompts[it["kl_prompt"]] for it in kl_items], responses)
+        logits = suffix_logits(stack, embeds, mask, starts, [len(r) for r in responses])
+        kl = sum(topk_kl(lg, it["kl_idx"], it["kl_logp"]) for lg, it in zip(logits, kl_items))
+        kl = kl / sum(len(r) for r in responses)
+    return {"ce": ce, "kl": kl}
+
+
+@torch.no_grad()
+def evaluate(stack, projector, items: list[dict]) -> tuple[float, list[dict]]:
+    """WER of greedy 'repeat' generation through the student, one item at a time."""
+    from interp.text_metrics import word_error_rate
+
+    was_training = projector.training
+    projector.eval()
+    lm, tok = stack["model"].language_model, stack["tokenizer"]
+    hyps = []
+    for it in items:
+        audio = project(projector, [it["enc"]])
+        embeds, mask, _ = build_rows(stack, audio, [it], [REPEAT_PROMPT], [[]])
+        out = lm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, pad_token_id=stack["pad_id"],
+                          max_new_tokens=2 * len(it["text"].split()) + 4)
+        hyps.append(tok.decode(out[0], skip_special_tokens=True).strip())
+    projector.train(was_training)
+    refs = [it["text"] for it in items]
+    return word_error_rate(refs, hyps), [{"id": it["id"], "ref": r, "hyp": h} for it, r, h in zip(items, refs, hyps)]
+
+
+def lr_lambda(warmup: int, total: int, floor: float = 0.05):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(work: Path, projector, optimizer, scheduler, step: int) -> None:
+    tmp = work / "checkpoint.safetensors.tmp"
+    save_file({k: v.detach().contiguous() for k, v in projector.state_dict().items()}, str(tmp),
+              metadata={"step": str(step)})
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+               work / "train_state.pt.tmp")
+    os.replace(work / "train_state.pt.tmp", work / "train_state.pt")
+    os.replace(tmp, work / "checkpoint.safetensors")
+
+
+def read_log(work: Path) -> list[dict]:
+    path = work / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def export(path: Path, projector, card: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().contiguous() for k, v in projector.state_dict().items()}, str(path),
+              metadata={"format": "pt", "model": "mini-ultravox projector"})
+    _atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=1))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, required=True, help="cache, checkpoints and log folder")
+    p.add_argument("--n-train", type=int, default=3000)
+    p.add_argument("--n-val", type=int, default=120)
+    p.add_argument("--lm-fraction", type=float, default=0.35, help="share of training sentences from SmolLM2")
+    p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
+    p.add_argument("--top-k", type=int, default=32)
+    p.add_argument("--kl-max-tokens", type=int, default=16, help="teacher response length for the KL term")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--kl-batch", type=int, default=None, help="KL rows per step (default batch-size // 2)")
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-items", type=int, default=40)
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--max-minutes", type=float, default=None, help="wall budget from process start")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads (on a busy 2-core machine 1 is faster than 2)")
+    p.add_argument("--export", type=Path, default=None, help="write the projector (safetensors) + .json card")
+    p.add_argument("--prep-only", action="store_true", help="stop after data preparation")
+    p.add_argument("--no-final-eval", action="store_true", help="skip the full validation WER at the end")
+    args = p.parse_args(argv)
+    args.kl_batch = args.batch_size // 2 if args.kl_batch is None else args.kl_batch
+    args.warmup = max(1, round(0.05 * args.steps)) if args.warmup is None else args.warmup
+    return args
+
+
+_RESUME_KEYS = ("n_train", "n_val", "lm_fraction", "piper_fraction", "top_k", "kl_max_tokens", "steps",
+                "batch_size", "kl_batch", "kl_weight", "lr", "weight_decay", "warmup", "seed")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    config = {k: getattr(args, k) for k in _RESUME_KEYS}
+    config_path = work / "train_config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != config:
+        raise SystemExit(f"{config_path} differs from these arguments ({config}); use a new --work folder")
+    _atomic_write_text(config_path, json.dumps(config, indent=1))
+
+    stack = load_stack()
+    train, val, stats = prepare(args, stack, work)
+    _log.info("data: %d train, %d val utterances; prep stats %s", len(train), len(val), stats)
+    if args.prep_only:
+        return {"train": len(train), "val": len(val), "prep": stats}
+
+    projector = fresh_projector(stack, args.seed)
+    params = [p for p in projector.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup, args.steps))
+    step = 0
+    if (work / "checkpoint.safetensors").exists():
+        projector.load_state_dict(load_file(str(work / "checkpoint.safetensors")), strict=True)
+        state = torch.load(work / "train_state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        _log.info("resumed from step %d", step)
+    log = [entry for entry in read_log(work) if entry["step"] <= step]  # drop lines after the checkpoint
+    _atomic_write_text(work / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
+    train_seconds = sum(e.get("step_s", 0.0) for e in log)
+    prompts = kl_prompts()
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
+    stopped = False
+    last = {}
+    with open(work / "log.jsonl", "a") as log_file:
+        while step < args.steps:
+            t0 = time.perf_counter()
+            items = [train[i] for i in batch_indices(args.seed, step, args.batch_size, len(train))]
+            losses = loss_for(stack, projector, items, args.kl_batch, prompts)
+            loss = losses["ce"] + args.kl_weight * losses["kl"]
+            values = {k: float(v.detach()) for k, v in (("loss", loss), *losses.items())}
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            last = {"step": step, **values,
+                    "lr": lr, "items_per_s": len(items) / dt, "step_s": dt,
+                    "elapsed_s": time.perf_counter() - started}
+            log_file.write(json.dumps(last) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", kl=f"{last['kl']:.3f}")
+            out_of_time = args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes
+            if step % args.eval_every == 0 and step < args.steps and not out_of_time:
+                wer, _ = evaluate(stack, projector, val[:args.eval_items])
+                log_file.write(json.dumps({"step": step, "val_wer": wer, "val_items": min(len(val), args.eval_items),
+                                           "elapsed_s": time.perf_counter() - started}) + "\n")
+                bar.write(f"step {step}: val WER {wer:.3f} on {min(len(val), args.eval_items)} items")
+            if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
+                log_file.flush()
+                save_checkpoint(work, projector, optimizer, scheduler, step)
+            if out_of_time and step < args.steps:
+                bar.write(f"--max-minutes reached at step {step}; checkpoint saved, rerun to continue")
+                stopped = True
+                break
+    bar.close()
+
+    result = {"step": step, "completed": step >= args.steps and not stopped, "last": last}
+    eval_items = val if not args.no_final_eval else val[:args.eval_items]
+    if val and (result["completed"] or args.export):
+        wer, samples = evaluate(stack, projector, eval_items)
+        result["val_wer"], result["val_items"] = wer, len(eval_items)
+        _atomic_write_text(work / f"val_samples_step{step}.json", json.dumps(samples, indent=1))
+        with open(work / "log.jsonl", "a") as log_file:
+            log_file.write(json.dumps({"step": step, "val_wer": wer, "val_items": len(eval_items), "final": True,
+                                       "elapsed_s": time.perf_counter() - started}) + "\n")
+        print(f"validation WER at step {step}: {wer:.3f} on {len(eval_items)} held-out utterances")
+    if args.export:
+        recent = [e for e in read_log(work) if "loss" in e][-50:]
+        card = {"model": "mini-ultravox projector (UltravoxProjector, stack 8, hidden "
+                         f"{stack['model'].config.hidden_size}, ln_mid)",
+                "keys": "UltravoxModel.multi_modal_projector.state_dict()", "dtype": "float32",
+                "parameters": sum(p.numel() for p in projector.parameters()),
+                "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
+                "data": {"train_utterances": len(train), "val_utterances": len(val), "sources": stats.get("counts"),
+                         "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside "
+                                "those ranges", "real_text": "none (no clean English corpus installed)"},
+                "training": {**config, "steps_done": step, "completed": result["completed"],
+                             "train_seconds": round(train_seconds, 1),
+                             "wall_seconds_this_call": round(time.perf_counter() - started, 1),
+                             "hardware": f"{platform.processor() or platform.machine()}, "
+                                         f"{torch.get_num_threads()} torch threads, CPU"},
+                "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent])) for k in ("loss", "ce", "kl")}
+                if recent else None,
+                "val_wer": result.get("val_wer"), "val_wer_items": result.get("val_items"),
+                "log": "log.jsonl in the --work folder"}
+        export(args.export, projector, card)
+        print(f"exported {args.export} and {args.export.with_suffix('.json')}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
