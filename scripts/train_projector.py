@@ -673,8 +673,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-_RESUME_KEYS = ("n_train", "n_val", "lm_fraction", "piper_fraction", "top_k", "kl_max_tokens", "steps",
-                "batch_size", "kl_batch", "kl_weight", "lr", "weight_decay", "warmup", "seed")
+# A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
+_DATA_KEYS = ("n_train", "n_val", "lm_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
+_TRAIN_KEYS = ("steps", "batch_size", "kl_batch", "kl_weight", "lr", "weight_decay", "warmup")
+
+
+def _lock_config(path: Path, config: dict) -> None:
+    """Record `config` in `path`, or refuse when the folder was made with other values."""
+    if path.exists() and json.loads(path.read_text()) != config:
+        raise SystemExit(f"{path} differs from these arguments ({config}); use a new --work folder")
+    _atomic_write_text(path, json.dumps(config, indent=1))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -684,17 +692,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
-    config = {k: getattr(args, k) for k in _RESUME_KEYS}
-    config_path = work / "train_config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != config:
-        raise SystemExit(f"{config_path} differs from these arguments ({config}); use a new --work folder")
-    _atomic_write_text(config_path, json.dumps(config, indent=1))
+    _lock_config(work / "data_config.json", {k: getattr(args, k) for k in _DATA_KEYS})
 
     stack = load_stack()
     train, val, stats = prepare(args, stack, work)
     _log.info("data: %d train, %d val utterances; prep stats %s", len(train), len(val), stats)
     if args.prep_only:
         return {"train": len(train), "val": len(val), "prep": stats}
+    config = {k: getattr(args, k) for k in _DATA_KEYS + _TRAIN_KEYS}
+    _lock_config(work / "train_config.json", config)
 
     projector = fresh_projector(stack, args.seed)
     params = [p for p in projector.parameters()]
