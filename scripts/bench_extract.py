@@ -34,7 +34,7 @@ from interp.task_prompts import task_prompt
 SITES = "llm.layers.5,8,11,14,17,20,23,26,29"  # ends at the last layer: the whole LLM runs in both
 
 _RSS_CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from activations.extract import extract, plan_extraction
 from interp.data.manifest import SpokenSet
@@ -45,7 +45,8 @@ model = load_model(model_name)
 spoken = SpokenSet.open(Path(data))
 extract(model, spoken, Path(out), plan=plan_extraction(model, sites, "audio"), limit=int(limit),
         prompt_for=lambda item: task_prompt(item.task).for_item(item), batch_size=8)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+peak_kb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])  # ru_maxrss inherits the parent's
+print(json.dumps({"peak_rss_mb": peak_kb / 1024}))
 """
 
 
