@@ -53,3 +53,13 @@ def reference_hidden_states(model, batch) -> tuple:
             return model.model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
                                               output_hidden_states=True).hidden_states
         return model.model(**inputs, output_hidden_states=True).hidden_states
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

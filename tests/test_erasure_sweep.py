@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "erasure_sweep.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("erasure_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script
 
 
 def _outputs(run: Path) -> dict[Path, int]:
@@ -27,7 +19,7 @@ def _outputs(run: Path) -> dict[Path, int]:
 
 
 def test_sweep_writes_table_and_figure_and_resumes_without_recomputing(sentiment_set, tmp_path, capsys) -> None:
-    sweep = _load_script()
+    sweep = load_script("erasure_sweep")
     run = tmp_path / "run"
     argv = ["--model", "tiny-ultravox", "--sets", str(sentiment_set), "--out", str(run), "--concepts", "boc,random",
             "--layer-sets", "0-1", "--limit", "12"]
@@ -69,7 +61,7 @@ def test_sweep_writes_table_and_figure_and_resumes_without_recomputing(sentiment
 
 
 def test_sweep_refuses_another_split_in_the_same_run_in_one_line(sentiment_set, tmp_path, capsys) -> None:
-    sweep = _load_script()
+    sweep = load_script("erasure_sweep")
     run = tmp_path / "run"
     run.mkdir()
     (run / "sweep_config.json").write_text(json.dumps({"model": "tiny-ultravox", "limit": 12, "split": "none",

@@ -3,7 +3,6 @@ same seed → same losses, exported projector loads strictly."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -14,17 +13,9 @@ from safetensors.torch import load_file
 
 from interp.models.mini import MODEL_CARDS, is_present
 from interp.models.ultravox import UltravoxProjector
+from tests.helpers import load_script
 
 pytestmark = pytest.mark.slow
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_projector.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_projector", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _losses(work: Path) -> list[tuple[int, float, float, float]]:
@@ -35,7 +26,7 @@ def _losses(work: Path) -> list[tuple[int, float, float, float]]:
 def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     if not is_present(MODEL_CARDS["mini-ultravox"]):
         pytest.skip("mini-ultravox's weight packages are not installed")
-    tp = _script()
+    tp = load_script("train_projector")
     common = ["--n-train", "4", "--n-val", "2", "--steps", "3", "--batch-size", "2", "--kl-batch", "1",
               "--lm-fraction", "0.5", "--eval-every", "2", "--eval-items", "1", "--threads", "1", "--seed", "0"]
     a, b = tmp_path / "a", tmp_path / "b"
