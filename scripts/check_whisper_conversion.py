@@ -28,6 +28,7 @@ import transformers
 from faster_whisper import WhisperModel
 
 from interp.data.audio import SAMPLE_RATE, read_audio
+from interp.data.loaders import load_librispeech
 from interp.data.tasks import synthesize_suite
 from interp.data.tts import PiperSettings, open_engine
 from interp.models.whisper_ct2 import MiniWhisper, ct2_model_dir, load_mini_whisper, transcribe
@@ -76,11 +77,8 @@ def _report(label: str, references: list[str], texts: list[str], mini_texts: lis
 
 
 def _librispeech() -> tuple[list[np.ndarray], list[str]]:
-    folder = resource_path("speech/librispeech")
-    references = dict(line.split(" ", 1) for path in folder.glob("*.trans.txt")
-                      for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    ids = sorted(references)
-    return [read_audio(folder / f"{i}.flac")[0] for i in ids], [references[i] for i in ids]
+    items = load_librispeech(resource_path("speech/librispeech"))
+    return [read_audio(item.recording)[0] for item in items], [item.transcript for item in items]
 
 
 def _timed(label: str, start: float) -> None:

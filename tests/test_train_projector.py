@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interp.models.mini import MODEL_CARDS, is_present
 from interp.models.ultravox import UltravoxProjector
 from tests.helpers import load_script
 
@@ -24,8 +23,6 @@ def _losses(work: Path) -> list[tuple[int, float, float, float]]:
 
 
 def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
-    if not is_present(MODEL_CARDS["mini-ultravox"]):
-        pytest.skip("mini-ultravox's weight packages are not installed")
     tp = load_script("train_projector")
     common = ["--n-train", "4", "--n-val", "2", "--steps", "3", "--batch-size", "2", "--kl-batch", "1",
               "--lm-fraction", "0.5", "--eval-every", "2", "--eval-items", "1", "--threads", "1", "--seed", "0"]

@@ -11,6 +11,7 @@ import torch
 from transformers import WhisperForConditionalGeneration
 
 from interp.data.audio import SAMPLE_RATE, read_audio
+from interp.data.loaders import load_librispeech
 from interp.data.tts import PiperSettings, open_engine
 from interp.errors import AudioError, DataError
 from interp.models import whisper_ct2
@@ -48,11 +49,8 @@ def ct2_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[Variant, Path]:
 @pytest.fixture(scope="module")
 def librispeech() -> tuple[list[np.ndarray], list[str]]:
     """The four shipped LibriSpeech utterances (16 kHz) and their reference transcripts."""
-    folder = resource_path("speech/librispeech")
-    references = dict(line.split(" ", 1) for path in folder.glob("*.trans.txt")
-                      for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    ids = sorted(references)
-    return [read_audio(folder / f"{i}.flac")[0] for i in ids], [references[i] for i in ids]
+    items = load_librispeech(resource_path("speech/librispeech"))
+    return [read_audio(item.recording)[0] for item in items], [item.transcript for item in items]
 
 
 @pytest.mark.parametrize("variant", list(DIMS))
