@@ -333,9 +333,9 @@ def prompt_parts(tok, prompt: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
 @lru_cache(maxsize=None)
 def load_stack() -> dict:
     """mini-ultravox's frozen parts: UltravoxModel (audio tower + SmolLM2), tokenizer, feature extractor."""
-    from interp.models.mini import load_model
+    from interp.models.mini import build_mini_ultravox
 
-    speech_lm = load_model("mini-ultravox")
+    speech_lm = build_mini_ultravox(trained=False)
     model = speech_lm.model.eval()
     model.requires_grad_(False)
     return {"model": model, "tokenizer": speech_lm.tokenizer, "feature_extractor": speech_lm.feature_extractor,

@@ -27,7 +27,8 @@ from interp.models.tiny import TINY_MODELS
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
-__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN"]
+__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN",
+           "build_mini_ultravox"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class ModelCard:
 
 MODEL_CARDS: dict[str, ModelCard] = {card.name: card for card in (
     ModelCard("mini-ultravox", "speech-lm", "21 M + 4.5 M + 135 M", "Whisper-base encoder + Ultravox projector "
-              "(untrained until scripts/train_projector.py ships one) + SmolLM2-135M-Instruct", "MIT (Whisper) / Apache-2.0 (SmolLM2)", _WHISPER_BASE + _SMOLLM2),
+              "(trained here by distillation, shipped) + SmolLM2-135M-Instruct", "MIT (Whisper) / Apache-2.0 (SmolLM2)",
+              _WHISPER_BASE + _SMOLLM2),
     ModelCard("mini-cascade", "cascade", "74 M + 135 M", "Whisper-base (CTranslate2) → SmolLM2-135M-Instruct (GGUF)",
               "MIT / Apache-2.0", _WHISPER_BASE + _SMOLLM2),
     ModelCard("mini-cascade-weak", "cascade", "39 M + 135 M", "Whisper tiny.en → SmolLM2-135M-Instruct",
@@ -109,22 +111,32 @@ def _gemma() -> TextLM:
     return TextLM(llm.model, llm.tokenizer, name="gemma-3-270m")
 
 
-def _mini_ultravox() -> UltravoxSpeechLM:
-    """Whisper-base's encoder and SmolLM2 with the shipped projector; a seeded random one until it exists."""
+MINI_ULTRAVOX_PROJECTOR = "mini_ultravox_projector.safetensors"
+"""The trained projector shipped in interp.resources (scripts/train_projector.py made it; its card:
+docs/mini-ultravox/MODEL_CARD.md)."""
+
+
+def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
+    """Whisper-base's encoder and SmolLM2 with the shipped, trained projector (`trained=False`: a seeded random
+    one, which is where scripts/train_projector.py starts)."""
+    from safetensors.torch import load_file
+
     from interp.models.whisper_ct2 import load_mini_whisper
+    from interp.resources import resource_path
 
     whisper, llm = load_mini_whisper("base"), _smollm2()
     config = UltravoxConfig(whisper.model.config, llm.model.config, hidden_size=MINI_ULTRAVOX_PROJECTOR_HIDDEN,
                             stack_factor=8, projector_ln_mid=True)
     model = build_seeded(lambda: UltravoxModel(config, language_model=llm.model), seed=0)
     model.audio_tower.load_state_dict(whisper.model.model.encoder.state_dict(), strict=True)
-    _log.warning("mini-ultravox: the projector is UNTRAINED (random, seed 0); its answers mean nothing until the "
-                 "trained projector ships (scripts/train_projector.py)")
+    if trained:
+        weights = load_file(str(resource_path(MINI_ULTRAVOX_PROJECTOR)))
+        model.multi_modal_projector.load_state_dict(weights, strict=True)
     return UltravoxSpeechLM(model.eval(), llm.tokenizer, whisper.processor.feature_extractor, name="mini-ultravox")
 
 
 _BUILDERS: dict[str, Callable[[], object]] = {
-    "mini-ultravox": _mini_ultravox,
+    "mini-ultravox": build_mini_ultravox,
     "mini-cascade": lambda: Cascade(WhisperASR("base", name="mini-whisper"), _smollm2(), name="mini-cascade"),
     "mini-cascade-weak": lambda: Cascade(WhisperASR("tiny.en", name="mini-whisper-tiny"), _smollm2(),
                                          name="mini-cascade-weak"),

@@ -1,0 +1,78 @@
+"""Loss curves of one or more train_projector.py runs in one figure (plotly HTML), e.g. a run and its rerun.
+
+Each run's log.jsonl gives the training loss, its cross-entropy and KL parts (a moving average over --smooth
+steps is drawn over the raw points) and the validation WER of the periodic evaluations (right axis).
+Prints, for runs after the first, the largest absolute difference of their per-step losses from the first
+run's over the steps they share: 0.0 means the rerun retraced the first run exactly.
+
+Usage: python scripts/plot_projector_training.py runs/projector runs/projector-rerun \
+           --out docs/mini-ultravox/loss_curve.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def read_log(work: Path) -> list[dict]:
+    path = work / "log.jsonl"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: not a train_projector.py work folder")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or values.size < window:
+        return values
+    kernel = np.ones(window) / window
+    head = np.cumsum(values[:window - 1]) / np.arange(1, window)
+    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
+
+
+def figure(runs: dict[str, list[dict]], smooth: int) -> go.Figure:
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for name, log in runs.items():
+        steps = np.array([e["step"] for e in log if "loss" in e])
+        for key, dash in (("loss", "solid"), ("ce", "dot"), ("kl", "dash")):
+            values = np.array([e[key] for e in log if "loss" in e])
+            fig.add_trace(go.Scatter(x=steps, y=moving_average(values, smooth), mode="lines", line={"dash": dash},
+                                     name=f"{name}: {key} (mean of {smooth})"), secondary_y=False)
+        evals = [e for e in log if "val_wer" in e]
+        fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["val_wer"] for e in evals], mode="markers+lines",
+                                 name=f"{name}: validation WER"), secondary_y=True)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss (nats per token)", secondary_y=False)
+    fig.update_yaxes(title_text="WER", secondary_y=True, rangemode="tozero")
+    fig.update_layout(title="mini-ultravox projector training", template="plotly_white")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("works", type=Path, nargs="+", help="train_projector.py work folders")
+    parser.add_argument("--out", type=Path, required=True, help="HTML file (plotly.js from its CDN)")
+    parser.add_argument("--smooth", type=int, default=25, help="moving-average window in steps")
+    args = parser.parse_args(argv)
+    runs = {str(work): read_log(work) for work in args.works}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure(runs, args.smooth).write_html(args.out, include_plotlyjs="cdn")
+    first = {e["step"]: e["loss"] for e in next(iter(runs.values())) if "loss" in e}
+    differences = {}
+    for name, log in list(runs.items())[1:]:
+        shared = [(first[e["step"]], e["loss"]) for e in log if "loss" in e and e["step"] in first]
+        differences[name] = max((abs(a - b) for a, b in shared), default=float("nan"))
+        print(f"{name}: {len(shared)} steps shared with {args.works[0]}, max |loss difference| "
+              f"{differences[name]:.3g}")
+    print(f"wrote {args.out}")
+    return differences
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
