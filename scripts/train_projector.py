@@ -7,9 +7,12 @@ Stages, all under --work and each skipped when its output is already there (so a
 1. sentences.json: training sentences from (a) templates + vocabulary written here (everyday statements,
    questions, news-like, reviews-like; none of interp/data/tasks.py's templates or word lists) and (b)
    sentences sampled from SmolLM2 on varied prompts (seeded, 6-25 words, ASCII letters and punctuation only,
-   no digits). Validation sentences come from a held-out template family and SmolLM2 samples on held-out
-   topics/prompt styles. (c) real English text from installed packages: none clean is on disk (no corpora
-   are installed), so that source is skipped. Sentences equal to a built-in suite item are dropped.
+   no digits) and (c) real English text that every installation carries (--real-fraction): sentences of the
+   Python language reference (the standard library's pydoc_data) and of installed distributions'
+   descriptions (package metadata), same filter, sampled with the seed (which sentences exist depends on the
+   Python and package versions: sentences.json records them). Validation sentences come from a held-out
+   template family and SmolLM2 samples on held-out topics/prompt styles, never from (c). Sentences equal to
+   a built-in suite item are dropped.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
@@ -72,7 +75,7 @@ from interp.models.ultravox import UltravoxProjector, audio_token_count
 
 _log = logging.getLogger("train_projector")
 
-DATA_VERSION = 1
+DATA_VERSION = 2
 REPEAT_PROMPT = "Repeat exactly what you heard: <|audio|>"
 SHARD_SIZE = 32
 MAX_SECONDS = 29.0
@@ -174,6 +177,7 @@ _LM_VAL_TOPICS = ["a bicycle repair shop", "a chess tournament", "a thunderstorm
 _LM_VAL_STYLES = ["Describe {t} in one sentence.", "Tell me one fact about {t} in a single sentence."]
 
 _CLEAN = re.compile(r"^[A-Za-z][A-Za-z ,.'?!;:-]*[.?!]$")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def _fill(template: str, rng: np.random.Generator) -> str:
@@ -202,6 +206,24 @@ def template_sentences(n: int, templates: list[str], rng: np.random.Generator, s
             seen.add(text)
             out.append(text)
     return out
+
+
+def real_text_sentences(seen: set[str]) -> list[str]:
+    """Plain sentences (capitalised, ASCII letters and punctuation, 6-25 words) from the Python language
+    reference (pydoc_data) and installed distributions' descriptions, sorted, none in `seen`."""
+    from importlib import metadata
+
+    from pydoc_data.topics import topics
+
+    bodies = list(topics.values())
+    for dist in metadata.distributions():
+        bodies.append(dist.metadata.get_payload() or dist.metadata.get("Description") or "")
+    found = set()
+    for body in bodies:
+        for sentence in _SENTENCE_END.split(re.sub(r"\s+", " ", str(body))):
+            if sentence[:1].isupper() and _CLEAN.match(sentence) and 6 <= len(sentence.split()) <= 25:
+                found.add(sentence)
+    return sorted(found - seen)
 
 
 def clean_sample(text: str) -> str | None:
@@ -357,7 +379,8 @@ def fresh_projector(stack: dict, seed: int) -> UltravoxProjector:
 def make_sentences(args, stack, work: Path) -> dict:
     path = work / "sentences.json"
     spec = {"version": DATA_VERSION, "n_train": args.n_train, "n_val": args.n_val, "seed": args.seed,
-            "lm_fraction": args.lm_fraction, "piper_fraction": args.piper_fraction}
+            "lm_fraction": args.lm_fraction, "real_fraction": args.real_fraction,
+            "piper_fraction": args.piper_fraction}
     if path.exists():
         data = json.loads(path.read_text())
         if data["spec"] != spec:
@@ -369,8 +392,14 @@ def make_sentences(args, stack, work: Path) -> dict:
     rng = np.random.default_rng([args.seed, 1])
     n_lm = round(args.n_train * args.lm_fraction)
     train_lm = lm_sentences(stack, n_lm, _LM_TRAIN_TOPICS, _LM_TRAIN_STYLES, args.seed * 2 + 1, seen)
-    train = [("lm", s) for s in train_lm] + [("template", s) for s in template_sentences(
-        args.n_train - len(train_lm), _TRAIN_TEMPLATES, rng, seen)]
+    real = real_text_sentences(seen)
+    n_real = min(len(real), round(args.n_train * args.real_fraction))
+    if n_real < round(args.n_train * args.real_fraction):
+        _log.warning("only %d real-text sentences on this installation; templates fill the rest", len(real))
+    train_real = [real[i] for i in sorted(rng.choice(len(real), size=n_real, replace=False))] if n_real else []
+    seen.update(train_real)
+    train = [("lm", s) for s in train_lm] + [("real", s) for s in train_real] + [("template", s) for s in
+             template_sentences(args.n_train - len(train_lm) - len(train_real), _TRAIN_TEMPLATES, rng, seen)]
     n_val_lm = round(args.n_val * 0.5)
     val_lm = lm_sentences(stack, n_val_lm, _LM_VAL_TOPICS, _LM_VAL_STYLES, args.seed * 2 + 2, seen)
     val = [("lm-heldout", s) for s in val_lm] + [("template-heldout", s) for s in template_sentences(
@@ -647,6 +676,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--n-val", type=int, default=120)
     p.add_argument("--lm-fraction", type=float, default=0.35, help="share of training sentences from SmolLM2")
+    p.add_argument("--real-fraction", type=float, default=0.25,
+                   help="share of training sentences from real text on disk (Python reference, package descriptions)")
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--kl-max-tokens", type=int, default=16, help="teacher response length for the KL term")
@@ -674,7 +705,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
-_DATA_KEYS = ("n_train", "n_val", "lm_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
+_DATA_KEYS = ("n_train", "n_val", "lm_fraction", "real_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("steps", "batch_size", "kl_batch", "kl_weight", "lr", "weight_decay", "warmup")
 
 
@@ -780,7 +811,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
                 "data": {"train_utterances": len(train), "val_utterances": len(val), "sources": stats.get("counts"),
                          "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside "
-                                "those ranges", "real_text": "none (no clean English corpus installed)"},
+                                "those ranges",
+                         "real_text": "Python language reference (pydoc_data) and installed packages' descriptions"},
                 "training": {**config, "steps_done": step, "completed": result["completed"],
                              "train_seconds": round(train_seconds, 1),
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),

@@ -61,3 +61,14 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert all(t.dtype == torch.float32 for t in state.values())
     card = json.loads(exported.with_suffix(".json").read_text())
     assert card["training"]["steps_done"] == 3 and card["val_wer"] is not None
+
+
+def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None:
+    """Source (c): real English sentences from the Python reference and package descriptions, filtered like
+    SmolLM2's samples; the ones already seen (suite items, other sources) are left out."""
+    tp = load_script("train_projector")
+    found = tp.real_text_sentences(set())
+    assert len(found) >= 300 and found == sorted(set(found))
+    assert all(tp._CLEAN.match(s) and 6 <= len(s.split()) <= 25 and s[0].isupper() for s in found)
+    assert not any(ch.isdigit() for s in found for ch in s)
+    assert tp.real_text_sentences(set(found[:10])) == found[10:]
