@@ -26,13 +26,14 @@ import transformers
 
 from interp.data.audio import read_audio
 from interp.data.loaders import load_librispeech
-from interp.data.tts import EspeakSettings, PiperSettings, open_engine
+from interp.data.tts import open_engine, settings_from_dict
 from interp.models.mini import load_model
 from interp.provenance import provenance
 from interp.resources import resource_path
+from interp.task_prompts import TASK_PROMPTS
 from interp.text_metrics import word_error_rate
 
-REPEAT_PROMPT = "Repeat exactly what you heard: <|audio|>"  # the instruction the projector was trained on
+REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # the instruction the projector was trained on
 
 
 def held_out_items(work: Path, limit: int | None) -> list[dict]:
@@ -44,10 +45,7 @@ def held_out_items(work: Path, limit: int | None) -> list[dict]:
 
 
 def speak(item: dict) -> np.ndarray:
-    settings = dict(item["settings"])
-    kind = settings.pop("type")
-    settings = (PiperSettings if kind == "PiperSettings" else EspeakSettings)(**settings)
-    return open_engine(item["engine"]).speak(item["text"], settings).samples
+    return open_engine(item["engine"]).speak(item["text"], settings_from_dict(item["settings"])).samples
 
 
 def repeat_and_transcribe(model, whisper, audio: list[np.ndarray], references: list[str]) -> tuple[list, list]:

@@ -72,11 +72,12 @@ from torch import Tensor
 from interp.models.base import AUDIO_PLACEHOLDER
 from interp.models.prompting import PlainPrompt, chat_text, split_prompt
 from interp.models.ultravox import UltravoxProjector, audio_token_count
+from interp.task_prompts import TASK_PROMPTS
 
 _log = logging.getLogger("train_projector")
 
 DATA_VERSION = 2
-REPEAT_PROMPT = "Repeat exactly what you heard: <|audio|>"
+REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # "Repeat exactly what you heard: <|audio|>"
 SHARD_SIZE = 32
 MAX_SECONDS = 29.0
 
@@ -301,26 +302,10 @@ def val_settings(engine: str, rng: np.random.Generator):
                           pitch_range=int(rng.integers(30, 70)))
 
 
-def settings_dict(settings) -> dict:
-    from dataclasses import asdict
-
-    return {"type": type(settings).__name__, **asdict(settings)}
-
-
-def settings_from(data: dict):
-    from interp.data.tts import EspeakSettings, PiperSettings
-
-    data = dict(data)
-    kind = data.pop("type")
-    return (PiperSettings if kind == "PiperSettings" else EspeakSettings)(**data)
-
-
 # ---------------------------------------------------------------------------------------------- prompts
 
 def kl_prompts() -> list[str]:
     """Task-style and continuation prompts for the KL term (each with one audio placeholder)."""
-    from interp.task_prompts import TASK_PROMPTS
-
     return [TASK_PROMPTS["sentiment"].prompt, TASK_PROMPTS["topic"].prompt, TASK_PROMPTS["yesno"].prompt,
             "Continue this text: <|audio|>", "What is this sentence about? <|audio|>", "<|audio|>",
             "Is the following positive, negative or neutral? <|audio|>", "Answer briefly: <|audio|>",
@@ -407,7 +392,7 @@ def make_sentences(args, stack, work: Path) -> dict:
     assert not banned & {s for _, s in train + val}
     order = rng.permutation(len(train))
     train = [train[i] for i in order]
-    from interp.data.tts import vary_settings
+    from interp.data.tts import settings_to_dict, vary_settings
 
     prompts = kl_prompts()
     items = {"train": [], "val": []}
@@ -417,7 +402,7 @@ def make_sentences(args, stack, work: Path) -> dict:
             engine = "piper" if voice_rng.random() < args.piper_fraction else "espeak"
             settings = vary_settings(engine, voice_rng) if split == "train" else val_settings(engine, voice_rng)
             items[split].append({"id": f"{split}-{index:05d}", "text": text, "source": source, "engine": engine,
-                                 "settings": settings_dict(settings),
+                                 "settings": settings_to_dict(settings),
                                  "kl_prompt": int(voice_rng.integers(len(prompts)))})
     data = {"spec": spec, "items": items, "seconds": time.perf_counter() - start,
             "counts": {split: {src: sum(1 for it in items[split] if it["source"] == src)
@@ -461,7 +446,7 @@ def teacher_targets(stack, items: list[dict], prompts: list[str], top_k: int, ma
 
 
 def prepare_split(args, stack, work: Path, split: str, items: list[dict], stats: dict) -> None:
-    from interp.data.tts import open_engine
+    from interp.data.tts import open_engine, settings_from_dict
 
     shard_dir = work / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -478,7 +463,7 @@ def prepare_split(args, stack, work: Path, split: str, items: list[dict], stats:
         kept = []
         for it in chunk:
             t0 = time.perf_counter()
-            utterance = open_engine(it["engine"]).speak(it["text"], settings_from(it["settings"]))
+            utterance = open_engine(it["engine"]).speak(it["text"], settings_from_dict(it["settings"]))
             t1 = time.perf_counter()
             stats["tts_s"] += t1 - t0
             if utterance.duration > MAX_SECONDS:

@@ -30,7 +30,7 @@ from interp.errors import DataError
 
 __all__ = [
     "EngineName", "ENGINES", "EspeakSettings", "PiperSettings", "Utterance", "TTSEngine",
-    "open_engine", "vary_settings",
+    "open_engine", "vary_settings", "settings_to_dict", "settings_from_dict",
 ]
 
 EngineName = Literal["piper", "espeak"]
@@ -107,6 +107,17 @@ def vary_settings(engine: EngineName, rng: np.random.Generator) -> EspeakSetting
         pitch=int(rng.integers(35, 65)),
         pitch_range=int(rng.integers(30, 70)),
     )
+
+
+def settings_to_dict(settings: EspeakSettings | PiperSettings) -> dict:
+    """JSON-ready settings that name their own type, so a recorded utterance can be spoken again."""
+    return {"type": type(settings).__name__, **asdict(settings)}
+
+
+def settings_from_dict(data: dict) -> EspeakSettings | PiperSettings:
+    """The settings `settings_to_dict` recorded."""
+    fields = {k: v for k, v in data.items() if k != "type"}
+    return PiperSettings(**fields) if data["type"] == "PiperSettings" else EspeakSettings(**fields)
 
 
 def _tokens(text: str) -> list[tuple[str, int, int]]:
