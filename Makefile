@@ -27,10 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/interp data synth sentiment --n 20 --seed 0 --out demo/sets/sentiment --overwrite
-	$(BIN)/interp data noise demo/sets/sentiment --snr 20 10 5 0 --out demo/sets/sentiment-babble --overwrite
-	$(BIN)/interp data info demo/sets/sentiment
-	$(BIN)/interp data info demo/sets/sentiment-babble/snr0
+	$(BIN)/interp demo --out demo
 
 clean:
 	rm -rf $(VENV) demo

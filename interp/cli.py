@@ -735,6 +735,56 @@ def stats_command(
             typer.echo(f"wrote {write_figure(figure, out.parent / filename)}")
 
 
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("demo"), "--out", help="The study folder (created; a rerun reuses finished "
+                             "stages)."),
+    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
+                               "sets, behaviour, caches, probes, lens, erasure, stats, report."),
+    suite_items: int = typer.Option(40, help="Items per built-in suite (sentiment, topic, pitch, rate)."),
+    benchmark_items: int = typer.Option(200, help="Items of the SST-2 and AG News subsets (spoken by TTS)."),
+    threads: int = typer.Option(2, help="Torch threads."),
+    seed: int = typer.Option(0, help="Seed of the sets, voices, noise, splits and bootstraps."),
+) -> None:
+    """The whole study in miniature on CPU: mini-ultravox against mini-cascade (same SmolLM2) and the text
+    oracle. Builds the spoken sets (built-in suites, SST-2 and AG News subsets, babble at 20/10/5/0 dB), lets
+    every system answer, caches mini-ultravox's layers, probes them, reads them with the logit lens (and the
+    implicit cascade), erases text / random / acoustic concepts with LEACE, computes the statistics and writes
+    OUT/report.html (self-contained, opens offline). Per-stage and total times are printed at the end."""
+    import contextlib
+
+    import torch
+    from tqdm import tqdm
+
+    from interp.study import STAGES, demo_plan, run_study
+
+    torch.set_num_threads(threads)
+    plan = demo_plan()
+    plan.suites = {task: suite_items for task in plan.suites}
+    plan.benchmarks = {name: benchmark_items for name in plan.benchmarks}
+    plan.seed = seed
+    chosen = list(STAGES) if stages.strip() in ("", "all") else [s.strip() for s in stages.split(",") if s.strip()]
+    for name in ("interp.study", "interp.erasure_sweep"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+    @contextlib.contextmanager
+    def bar(description: str, total: int | None):
+        with tqdm(total=total, desc=description, unit="item", disable=None, file=sys.stderr, leave=False) as shown:
+            yield shown.update
+
+    def finished(result) -> None:
+        how = "reused" if result.skipped else "done"
+        typer.echo(f"stage {result.stage:10s} {how:6s} {result.seconds:8.1f} s", err=True)
+
+    results = run_study(plan, out, stages=chosen, progress=bar, command="interp demo", on_stage=finished)
+    typer.echo(f"{'stage':12s} {'seconds':>9s}")
+    for result in results:
+        typer.echo(f"{result.stage:12s} {result.seconds:9.1f}" + ("  (reused)" if result.skipped else ""))
+    typer.echo(f"{'total':12s} {sum(r.seconds for r in results):9.1f}")
+    if (out / "report.html").is_file():
+        typer.echo(f"report: {out / 'report.html'}")
+
+
 @app.command("serve")
 def serve_command(
     model: str = typer.Option(..., help="A speech LLM or a cascade. " + _MODEL_HELP),

@@ -879,18 +879,19 @@ def evaluate_erasure(model: Any, eraser: Eraser, spoken_set: SpokenSet, out_dir:
     """Run the behavioural harness (`interp.behavior.run_system`) on `model` with `eraser` applied; returns the
     predictions file `<out_dir>/<system_name>/<set>.jsonl`. system_name defaults to ``<model>+erase-<concept>``.
 
-    `erasure.json` beside the predictions records the eraser (digest, concept, ranks, file metadata), sites and
-    positions; a rerun into the same folder with another eraser or other settings is refused (InterpError),
-    since the harness resumes the items already answered.
+    `<set>.erasure.json` beside the predictions records the eraser (digest, concept, ranks, file metadata), sites
+    and positions; a rerun of the same set into the same folder with another eraser or other settings is refused
+    (InterpError), since the harness resumes the items already answered. Other sets may use other erasers (a
+    sweep fits one per set).
     """
-    from interp.behavior import run_system
+    from interp.behavior import run_system, set_name
 
     name = system_name or f"{getattr(model, 'name', 'model')}+erase-{eraser.concept}"
     chosen = expand_sites(sites, list(eraser.sites)) if isinstance(sites, str) else list(sites or eraser.sites)
     record = {"eraser_digest": eraser.digest(), "concept": eraser.concept, "positions": positions, "sites": chosen,
               "model": getattr(model, "name", None), "ranks": eraser.summary(), "eraser": eraser.meta}
     folder = Path(out_dir) / name
-    sidecar = folder / "erasure.json"
+    sidecar = folder / f"{set_name(spoken_set.root)}.erasure.json"
     if sidecar.is_file():
         try:
             previous = json.loads(sidecar.read_text(encoding="utf-8"))

@@ -66,7 +66,7 @@ from interp.errors import InterpError
 __all__ = [
     "SITE_PREFIX", "DEFAULT_CHUNK_ROWS", "NORMALISATION_RULE", "PRECISION_RULE", "LENS_TEXT_RULE",
     "LayerLens", "LensResult", "TokenNormalizer", "TokenScore", "LayerScore", "LensScores",
-    "parse_layers", "cache_layers", "lens_modules", "lens_rows", "logit_lens", "token_score", "score_lens",
+    "parse_layers", "describe_layers", "cache_layers", "lens_modules", "lens_rows", "logit_lens", "token_score", "score_lens",
     "lens_text", "implicit_cascade_llm", "implicit_cascade_name", "run_implicit_cascade", "lens_report",
     "write_report", "precision_figure", "strip_figure",
 ]
@@ -106,7 +106,8 @@ def cache_layers(sites: Iterable[str]) -> list[int]:
                   if s.startswith(SITE_PREFIX) and s[len(SITE_PREFIX):].isdigit())
 
 
-def _describe_layers(layers: Sequence[int]) -> str:
+def describe_layers(layers: Sequence[int], sep: str = ",") -> str:
+    """Ascending layers as runs: [0..14, 20] → '0-14,20' (sep '_' gives a file-safe label)."""
     if not layers:
         return "none"
     runs, start = [], layers[0]
@@ -114,15 +115,16 @@ def _describe_layers(layers: Sequence[int]) -> str:
         if current is None or current != previous + 1:
             runs.append(str(start) if start == previous else f"{start}-{previous}")
             start = current
-    return ",".join(runs)
+    return sep.join(runs)
 
 
-def parse_layers(spec: str | None, available: Sequence[int]) -> list[int]:
+def parse_layers(spec: str | None, available: Sequence[int], *, option: str = "--layers",
+                 holder: str = "this cache") -> list[int]:
     """Layers chosen by `spec` among `available` (ascending, unique).
 
     `all` / `*` / None: every available layer; otherwise comma-separated entries, each a layer `20`, an
     inclusive range `20-29`, or a site name `llm.layers.20`. Raises InterpError for a malformed spec or a layer
-    the cache does not hold (naming what it holds).
+    `holder` does not hold (naming what it holds); `option` names the spec in the message.
     """
     available = sorted(available)
     if not available:
@@ -137,18 +139,18 @@ def parse_layers(spec: str | None, available: Sequence[int]) -> list[int]:
         text = entry[len(SITE_PREFIX):] if entry.startswith(SITE_PREFIX) else entry
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
         if match is None:
-            raise InterpError(f"--layers {spec!r}: cannot read {entry!r}; write layers like 20,25,29 or a range "
-                              f"20-29 or all (this cache holds layers {_describe_layers(available)})")
+            raise InterpError(f"{option} {spec!r}: cannot read {entry!r}; write layers like 20,25,29 or a range "
+                              f"20-29 or all ({holder} holds layers {describe_layers(available)})")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if last < first:
-            raise InterpError(f"--layers {spec!r}: the range {entry!r} runs backwards")
+            raise InterpError(f"{option} {spec!r}: the range {entry!r} runs backwards")
         wanted.extend(range(first, last + 1))
     if not wanted:
-        raise InterpError(f"--layers {spec!r}: no layer given")
+        raise InterpError(f"{option} {spec!r}: no layer given")
     missing = sorted(set(wanted) - set(available))
     if missing:
-        raise InterpError(f"--layers {spec!r}: layer(s) {_describe_layers(missing)} are not in this cache; it holds "
-                          f"layers {_describe_layers(available)}")
+        raise InterpError(f"{option} {spec!r}: layer(s) {describe_layers(missing)} are not in {holder}; it holds "
+                          f"layers {describe_layers(available)}")
     return sorted(set(wanted))
 
 
@@ -505,7 +507,7 @@ def run_implicit_cascade(result: LensResult, spoken_set: Any, run_dir: Path, *, 
     from interp.text_metrics import normalize_transcript, word_error_rate
 
     if layer not in result.layers:
-        raise InterpError(f"layer {layer} was not read by the lens (it read {_describe_layers(sorted(result.layers))})")
+        raise InterpError(f"layer {layer} was not read by the lens (it read {describe_layers(sorted(result.layers))})")
     position = {meta.id: index for index, meta in enumerate(result.items)}
     present = set(np.unique(result.item).tolist())
     items = [item for item in spoken_set.items if position.get(item.id) in present]

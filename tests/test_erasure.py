@@ -412,7 +412,7 @@ def test_evaluate_erasure_runs_the_harness_with_the_hooks(synthetic: Synthetic, 
     assert path == tmp_path / "tiny-ultravox+erase-text" / "set.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == 2 and all(len(line["scores"]) == 2 for line in lines)
-    record = json.loads((path.parent / "erasure.json").read_text())
+    record = json.loads((path.parent / "set.erasure.json").read_text())
     assert record["sites"] == ["llm.layers.0"] and record["eraser_digest"] == text_eraser.digest()
     assert calls[-1] == 2
     assert not {"logits", "score_choices"} & set(vars(model))

@@ -13,7 +13,7 @@ def _outputs(run: Path) -> dict[Path, int]:
     """mtime of every file the sweep computes (caches, erasers, predictions and their sidecars)."""
     def computed(path: Path) -> bool:
         return path.suffix in (".h5", ".safetensors", ".jsonl") or (
-            path.suffix == ".json" and path.parent.name.startswith("tiny-ultravox"))  # sidecars, erasure.json
+            path.suffix == ".json" and path.parent.name.startswith("tiny-ultravox"))  # sidecars, <set>.erasure.json
 
     return {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file() and computed(path)}
 
@@ -57,7 +57,7 @@ def test_sweep_writes_table_and_figure_and_resumes_without_recomputing(sentiment
     assert not any(line.startswith(("extracted", "fitted", "clean baseline", "boc at", "random at"))
                    for line in second.splitlines()), second
     assert second.count("skip:") == 6  # cache, clean run, 2 erasers, 2 erased runs
-    assert "random" in second.splitlines()[-2]  # the table is printed again
+    assert "random" in second.splitlines()[-1]  # the table is printed again, last
 
 
 def test_sweep_refuses_another_split_in_the_same_run_in_one_line(sentiment_set, tmp_path, capsys) -> None:

@@ -186,12 +186,13 @@ class SpokenSet:
     items: tuple[Item, ...]
 
     @classmethod
-    def open(cls, root: Path, *, check_audio: bool = True) -> SpokenSet:
+    def open(cls, root: str | Path, *, check_audio: bool = True) -> SpokenSet:
         """Read and validate `root/manifest.jsonl`; with check_audio, every wav's header too.
 
         Raises DataError for a missing folder, a malformed line, a duplicate id, a missing wav or one
         that is not 16 kHz mono, or a duration that disagrees with the file.
         """
+        root = Path(root)
         manifest = root / MANIFEST
         if not manifest.is_file():
             what = "folder not found" if not root.exists() else f"no {MANIFEST} in it"

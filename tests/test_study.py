@@ -1,0 +1,109 @@
+"""The staged study (interp.study) end to end on tiny models: every stage, the report, reuse and refusal."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from interp.errors import InterpError
+from interp.study import STAGES, StudyPlan, run_study, stage_times
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_plan(**changes) -> StudyPlan:
+    plan = StudyPlan(speech_model="tiny-ultravox", cascade="tiny-llama", extra_systems=[],
+                     suites={"sentiment": 8, "pitch": 6}, benchmarks={"sst2": 6}, noisy_sets=["sentiment"],
+                     snrs=[10.0, 0.0], analysis_sets=["sentiment"], concepts=["text", "random"], engine="espeak")
+    for key, value in changes.items():
+        setattr(plan, key, value)
+    return plan
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("study") / "demo"
+    return out, run_study(tiny_plan(), out)
+
+
+class _Page(HTMLParser):
+    """Script tags and their sources, element ids and section headings of the report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources, self.ids, self.links = [], set(), []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attributes = dict(attrs)
+        if tag == "script" and attributes.get("src"):
+            self.sources.append(attributes["src"])
+        if tag == "link" and attributes.get("href"):
+            self.links.append(attributes["href"])
+        if "id" in attributes:
+            self.ids.add(attributes["id"])
+
+
+def test_every_stage_runs_and_writes_its_outputs(study) -> None:
+    out, results = study
+    assert [r.stage for r in results] == list(STAGES) and not any(r.skipped for r in results)
+    for result in results:
+        assert result.outputs and all(Path(p).exists() for p in result.outputs), result
+        marker = json.loads((out / "stages" / f"{result.stage}.json").read_text())
+        assert marker["provenance"]["config"]["speech_model"] == "tiny-ultravox" and "versions" in marker["provenance"]
+    assert set(stage_times(out)) == set(STAGES)
+    assert sorted(p.name for p in (out / "sets").iterdir()) == ["pitch", "sentiment", "sentiment-babble", "sst2"]
+    stats = json.loads((out / "behave" / "stats.json").read_text())
+    assert {"sentiment", "pitch", "sst2", "sentiment-babble-snr0", "sentiment-babble-snr10"} <= set(stats["sets"])
+    # the implicit cascade answered the analysis set inside the behaviour run, so stats compare it with the cascade
+    assert "implicit-cascade-L2" in stats["sets"]["sentiment"]["systems"]
+    assert any({k["a"], k["b"]} == {"implicit-cascade-L2", "tiny-llama"} for k in stats["sets"]["sentiment"]["kappa"])
+    probes = json.loads((out / "probes.json").read_text())
+    assert [r["cache"].rsplit("/", 1)[-1] for r in probes["reports"]] == ["sentiment-encoder", "sentiment"]
+    sweep = json.loads((out / "erasure" / "sweep.json").read_text())
+    assert [r["concept"] for r in sweep["rows"]] == ["none (clean)", "text", "random"]
+
+
+def test_the_report_is_self_contained_and_shows_the_numbers_of_its_sources(study) -> None:
+    out, _ = study
+    text = (out / "report.html").read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    assert page.sources == [] and page.links == []  # no CDN, no external file: opens offline
+    assert {"sets", "behaviour", "probes", "lens", "erasure", "provenance"} <= page.ids
+    figures = [i for i in page.ids if i.startswith("figure-")]
+    assert len(figures) == text.count("Plotly.newPlot(") >= 7  # error overlap has no 3-way set here: a line instead
+    assert text.count("plotly.js v") == 1  # the library is inlined once
+    stats = json.loads((out / "behave" / "stats.json").read_text())
+    accuracy = stats["sets"]["sst2"]["accuracy"]["tiny-ultravox"]
+    assert f"{accuracy['value']:.3f} [{accuracy['low']:.3f}, {accuracy['high']:.3f}]" in text
+    lens = json.loads((out / "lens" / "sentiment.json").read_text())
+    assert f"accuracy {lens['implicit_cascade']['accuracy']:.3f}" in text
+    assert "The paper's figures" in text and "0.93" in text  # Ultravox's AG News κ, labelled as the paper's
+    assert "Conditional error overlap" in text and "no multi-class set" in text
+    assert re.search(r"<td>total</td><td>\d+\.\d{3}</td>", text)
+
+
+def test_a_rerun_reuses_every_stage_and_another_plan_is_refused(study) -> None:
+    out, _ = study
+    predictions = {p: p.stat().st_mtime_ns for p in (out / "behave").rglob("*.jsonl")}
+    again = run_study(tiny_plan(), out)
+    assert all(r.skipped for r in again if r.stage != "report")
+    assert {p: p.stat().st_mtime_ns for p in (out / "behave").rglob("*.jsonl")} == predictions
+    with pytest.raises(InterpError, match="snrs"):
+        run_study(tiny_plan(snrs=[5.0]), out)
+    with pytest.raises(InterpError, match="unknown stage 'nope'"):
+        run_study(tiny_plan(), out, stages=["nope"])
+    with pytest.raises(InterpError, match="analysis set 'topic' is not built"):
+        run_study(tiny_plan(analysis_sets=["topic"]), out)
+
+
+def test_demo_command_refuses_an_unknown_stage_in_one_line(tmp_path) -> None:
+    result = run_cli("demo", "--out", tmp_path / "d", "--stages", "sets,nope")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "unknown stage 'nope'" in result.stderr
+    assert not (tmp_path / "d").exists()
