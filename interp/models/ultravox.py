@@ -112,7 +112,13 @@ class UltravoxProjector(nn.Module):
 
 
 class _ShortWhisperEncoder(WhisperEncoder):
-    """WhisperEncoder that takes up to 3000 mel frames and masks each item's padded frames."""
+    """WhisperEncoder that takes up to 3000 mel frames and masks each item's padded frames.
+
+    With audio_lens, an item's output does not depend on the batch it is in: its padded mel frames are zeroed
+    before each convolution (which then sees what its zero padding shows at the end of an unpadded clip),
+    attention ignores them, and the states past its last valid frame are zeroed (the projector's frame
+    stacking then pads its last row with zeros, as for a clip alone). fixie-ai's encoder masks attention
+    only, so there an item's last rows vary with the padding its batch adds."""
 
     def forward(self, input_features: Tensor, audio_lens: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """input_features: (batch, mels, frames ≤ 3000); audio_lens: (batch,) valid mel frames.
@@ -120,7 +126,13 @@ class _ShortWhisperEncoder(WhisperEncoder):
         limit = self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
         if input_features.shape[-1] > limit:
             raise ValueError(f"at most {limit} mel frames (30 s) per item, got {input_features.shape[-1]}")
-        hidden = F.gelu(self.conv2(F.gelu(self.conv1(input_features)))).permute(0, 2, 1)
+        valid = None
+        frames = torch.ones_like(input_features[:, :1, :])
+        if audio_lens is not None:
+            positions = torch.arange(input_features.shape[-1], device=input_features.device)
+            frames = (positions[None, :] < audio_lens[:, None])[:, None, :].to(input_features.dtype)
+        hidden = F.gelu(self.conv1(input_features * frames)) * frames
+        hidden = F.gelu(self.conv2(hidden)).permute(0, 2, 1)
         hidden = hidden + self.embed_positions.weight[: hidden.shape[1]]
         mask = None
         if audio_lens is not None:
@@ -130,7 +142,8 @@ class _ShortWhisperEncoder(WhisperEncoder):
             mask = mask.masked_fill(~valid, torch.finfo(hidden.dtype).min)[:, None, None, :]
         for layer in self.layers:
             hidden = layer(hidden, mask)
-        return self.layer_norm(hidden)
+        hidden = self.layer_norm(hidden)
+        return hidden if valid is None else hidden * valid[..., None]
 
 
 class UltravoxModel(PreTrainedModel):
