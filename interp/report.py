@@ -329,7 +329,7 @@ def write_study_report(out: Path, stage_seconds: dict[str, float]) -> Path:
     times = _table(["stage", "seconds"], [[k, v] for k, v in stage_seconds.items()]
                    + [["total", sum(stage_seconds.values())]])
     head = (f"<h1>Does {html.escape(str(plan.get('speech_model', 'the model')))} use the audio, or is it a cascade "
-            "in disguise?</h1><p>The cascade-equivalence study in miniature: an end-to-end speech LLM against the "
+            "in disguise?</h1><p>The cascade-equivalence study: an end-to-end speech LLM against the "
             f"cascade on the same LLM ({html.escape(str(plan.get('cascade')))}), in behaviour (agreement, noise) and "
             "in its hidden states (probes, logit lens, LEACE erasure).</p><nav>"
             + "".join(f"<a href='#{name}'>{name}</a>" for name, _ in present) + "<a href='#provenance'>provenance</a>"

@@ -210,6 +210,7 @@ class _Study:
                                               seed=plan.seed, progress=step))
             if spec.spec != plan.speech_model:
                 self.drop(spec.spec)  # the speech LLM stays loaded for the stages that follow
+            system = None  # let a cascade go before the next one loads (GPU memory)
         return written
 
     def caches(self) -> list[Path]:

@@ -14,21 +14,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (
-    GenerationConfig,
-    WhisperConfig,
-    WhisperFeatureExtractor,
-    WhisperForConditionalGeneration,
-    WhisperProcessor,
-    WhisperTokenizer,
-)
+from transformers import WhisperForConditionalGeneration
 
 from interp.errors import InterpError
 from interp.models.cascade import Cascade
 from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_checkpoint
 from interp.models.mini import load_model
 from interp.models.text_lm import TextLM
-from interp.models.tiny import tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox
+from interp.models.tiny import (save_tiny_checkpoints, tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox,
+                                tiny_whisper)
 from interp.models.ultravox_lm import UltravoxSpeechLM
 from interp.models.weights import WeightsMissing
 
@@ -205,6 +199,19 @@ def test_ultravox_loads_in_bfloat16_through_a_device_map(full_ultravox, audio, e
     assert torch.allclose(logits(loaded, audio), expected, atol=0.1)
 
 
+def test_the_tiny_checkpoints_load_through_their_specs(tmp_path, ultravox, audio, expected) -> None:
+    """scripts/reproduce_paper.py --dry-run rehearses on these folders: each loads through the spec a real run
+    uses and computes what the tiny model in memory computes."""
+    folders = save_tiny_checkpoints(tmp_path)
+    loaded = load(f"ultravox:{folders['ultravox']},audio={folders['whisper']},llm={folders['llama']}")
+    assert torch.equal(logits(loaded, audio), expected)
+    assert torch.equal(logits(load(f"qwen2-audio:{folders['qwen2-audio']}"), audio[:1]),
+                       logits(tiny_qwen2_audio(seed=0), audio[:1]))
+    assert torch.equal(logits(load(f"phi4mm:{folders['phi4mm']}"), audio[:1]), logits(tiny_phi4mm(seed=0), audio[:1]))
+    for asr in ("whisper", "whisper-weak"):
+        assert isinstance(load(f"cascade:asr={folders[asr]},llm={folders['llama']}"), Cascade)
+
+
 def test_ultravox_refuses_a_checkpoint_key_it_does_not_use(tmp_path, ultravox, bases) -> None:
     folder = fixie_folder(tmp_path / "ckpt", ultravox, prefixes=("multi_modal_projector.",),
                           config={"audio_model_id": str(bases["audio"]), "text_model_id": str(bases["llm"])},
@@ -229,27 +236,6 @@ def test_ultravox_without_its_projector_names_the_missing_weights(tmp_path, ultr
 
 
 # Cascades
-
-
-def tiny_whisper() -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
-    """A random 2+1-layer Whisper whose tokens are printable ASCII characters; it writes a few of them."""
-    vocab = {chr(code): index for index, code in enumerate(range(33, 127))}
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|startoftranscript|>",
-                                                                               "<|notimestamps|>"])
-    eot, sot, no_timestamps = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>",
-                                                               "<|notimestamps|>"])
-    config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-                           decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
-                           vocab_size=len(tokenizer), max_source_positions=1500, max_target_positions=32,
-                           pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = WhisperForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot,
-                                               pad_token_id=eot, no_timestamps_token_id=no_timestamps, max_length=6,
-                                               suppress_tokens=[sot, no_timestamps], begin_suppress_tokens=[eot],
-                                               is_multilingual=False, return_timestamps=False)
-    return model, WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="module")

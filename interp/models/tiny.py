@@ -1,4 +1,5 @@
-"""Tiny random instances of the real architectures, built offline, for unit tests (seconds, no download).
+"""Tiny random instances of the real architectures, built offline, for unit tests (seconds, no download) and,
+saved as checkpoint folders (save_tiny_checkpoints), for rehearsing a real study (scripts/reproduce_paper.py).
 
 Each has the real classes and the real wiring (placeholder spans, sites, chat template); only sizes
 and weights are made up. The tokenizers are small byte-level BPEs trained here on a fixed text, with
@@ -7,7 +8,12 @@ each model's special tokens and chat template.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
 from transformers import (
+    GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     Phi4MultimodalAudioConfig,
@@ -23,6 +29,9 @@ from transformers import (
     Qwen2Config,
     WhisperConfig,
     WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+    WhisperTokenizer,
 )
 
 from interp.models.phi4mm import Phi4MMSpeechLM
@@ -34,7 +43,7 @@ from interp.models.ultravox_lm import UltravoxSpeechLM
 
 __all__ = ["tiny_tokenizer", "tiny_ultravox_config", "tiny_ultravox", "tiny_text_lm", "tiny_qwen2_audio_tokenizer",
            "tiny_qwen2_audio_config", "tiny_qwen2_audio", "tiny_phi4mm_tokenizer", "tiny_phi4mm_config", "tiny_phi4mm",
-           "TINY_MODELS"]
+           "tiny_whisper", "save_tiny_checkpoints", "TINY_MODELS"]
 
 _CORPUS = (
     "the movie was wonderful and i loved it . the service was terrible . is a dog an animal ? yes no "
@@ -172,6 +181,74 @@ def tiny_phi4mm(*, seed: int = 0) -> Phi4MMSpeechLM:
                                 eos_token_ids=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")])
     model = build_seeded(lambda: Phi4MultimodalForCausalLM(config), seed=seed)
     return Phi4MMSpeechLM(model, tokenizer, Phi4MultimodalFeatureExtractor(), name="tiny-phi4mm")
+
+
+def tiny_whisper(*, seed: int = 0) -> tuple[WhisperForConditionalGeneration, WhisperProcessor]:
+    """A random 2+1-layer Whisper whose tokens are printable ASCII characters; it writes a few of them.
+    Its encoder has tiny-ultravox's shape, so it can also stand in for Ultravox's audio base model."""
+    vocab = {chr(code): index for index, code in enumerate(range(33, 127))}
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=[], extra_special_tokens=["<|startoftranscript|>",
+                                                                               "<|notimestamps|>"])
+    eot, sot, no_timestamps = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|startoftranscript|>",
+                                                               "<|notimestamps|>"])
+    config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                           decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+                           vocab_size=len(tokenizer), max_source_positions=1500, max_target_positions=32,
+                           pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot)
+    model = build_seeded(lambda: WhisperForConditionalGeneration(config), seed=seed).eval()
+    model.generation_config = GenerationConfig(decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot,
+                                               pad_token_id=eot, no_timestamps_token_id=no_timestamps, max_length=6,
+                                               suppress_tokens=[sot, no_timestamps], begin_suppress_tokens=[eot],
+                                               is_multilingual=False, return_timestamps=False)
+    return model, WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+
+
+def save_tiny_checkpoints(root: Path, *, seed: int = 0) -> dict[str, str]:
+    """Write tiny random checkpoints laid out as the real releases are, so that the checkpoint specs of a real
+    study (`ultravox:PATH,audio=PATH,llm=PATH`, `qwen2-audio:PATH`, `phi4mm:PATH`, `cascade:asr=PATH,llm=PATH`)
+    can be rehearsed on them. Returns the folder of each part, by role:
+
+    ultravox      fixie-ai's layout: config.json naming hub ids and only the projector's weights, so it loads
+                  only with its base models passed (audio=<whisper>, llm=<llama>)
+    whisper       the cascade's ASR and Ultravox's audio base (its encoder is tiny-ultravox's)
+    whisper-weak  another seed: the weak cascade's ASR
+    llama         tiny-ultravox's own language model with its tokenizer (Ultravox's LLM base; a cascade's LLM)
+    qwen2-audio   model + processor (tokenizer, feature extractor, chat template)
+    phi4mm        model + tokenizer + feature extractor
+    """
+    root = Path(root)
+    folders = {role: root / role for role in ("ultravox", "whisper", "whisper-weak", "llama", "qwen2-audio",
+                                              "phi4mm")}
+    ultravox = tiny_ultravox(seed=seed)
+    whisper, processor = tiny_whisper(seed=seed)
+    whisper.model.encoder.load_state_dict(ultravox.model.audio_tower.state_dict(), strict=True)
+    whisper.save_pretrained(folders["whisper"])
+    processor.save_pretrained(folders["whisper"])
+    weak, weak_processor = tiny_whisper(seed=seed + 1)
+    weak.save_pretrained(folders["whisper-weak"])
+    weak_processor.save_pretrained(folders["whisper-weak"])
+    ultravox.model.language_model.save_pretrained(folders["llama"])
+    ultravox.tokenizer.save_pretrained(folders["llama"])
+    config = ultravox.model.config
+    folders["ultravox"].mkdir(parents=True, exist_ok=True)
+    (folders["ultravox"] / "config.json").write_text(json.dumps({
+        "model_type": "ultravox", "architectures": ["UltravoxModel"], "hidden_size": config.hidden_size,
+        "stack_factor": config.stack_factor, "norm_init": config.norm_init, "projector_act": config.projector_act,
+        "projector_ln_mid": config.projector_ln_mid, "audio_model_id": "openai/whisper-large-v3-turbo",
+        "text_model_id": "meta-llama/Llama-3.1-8B-Instruct"}, indent=1), encoding="utf-8")
+    save_file({f"multi_modal_projector.{key}": value.contiguous()
+               for key, value in ultravox.model.multi_modal_projector.state_dict().items()},
+              folders["ultravox"] / "model.safetensors", metadata={"format": "pt"})
+    qwen2_audio = tiny_qwen2_audio(seed=seed)
+    # The processor saves its own template (the class default, Qwen2-Audio-Instruct's) over the tokenizer's.
+    qwen2_audio.processor.chat_template = qwen2_audio.tokenizer.chat_template
+    qwen2_audio.model.save_pretrained(folders["qwen2-audio"])
+    qwen2_audio.processor.save_pretrained(folders["qwen2-audio"])
+    phi4mm = tiny_phi4mm(seed=seed)
+    phi4mm.model.save_pretrained(folders["phi4mm"])
+    phi4mm.tokenizer.save_pretrained(folders["phi4mm"])
+    phi4mm.feature_extractor.save_pretrained(folders["phi4mm"])
+    return {role: str(folder) for role, folder in folders.items()}
 
 
 TINY_MODELS = {"tiny-ultravox": tiny_ultravox, "tiny-llama": tiny_text_lm, "tiny-qwen2-audio": tiny_qwen2_audio,
