@@ -56,7 +56,8 @@ with the mask of the batch they build through `prepare` / `_encode`. A pre-hook 
 reads the past length of the forward pass (`cache.get_seq_length()` of the KV cache it gets; 0 without one),
 so a pass over positions [past, past + seq) uses columns past … past + seq of the mask, and positions beyond
 the prompt are text. Hence: the prefill pass of a generation erases the prompt's audio positions; cached
-decoding steps (seq 1, past ≥ prompt length) hold only generated text and are left alone; a loop re-running
+decoding steps (seq 1, past ≥ prompt length) and the choices scored from the prompt's repeated KV cache
+(any batch, past ≥ prompt length) hold only text and are left alone; a loop re-running
 the whole sequence without a cache erases the same audio positions at every step (the same result). Under
 ``positions="all"`` every position of every pass is erased, generated tokens included: fitting on audio rows
 and applying to text rows is out of distribution, so that must be asked for. A forward pass that reaches an
@@ -742,6 +743,8 @@ class ActiveErasure:
                               "model through its adapter (logits, score_choices, generate) inside apply_eraser, or "
                               "wrap direct calls in `with active.batch(batch):`; systems sharing the hooked modules "
                               "must not run inside the block")
+        if self._past >= mask.shape[1]:  # a pass past the prompt (cached decoding, choices after the prompt)
+            return torch.zeros(batch, seq, dtype=torch.bool, device=device)
         if mask.shape[0] != batch:
             raise InterpError(f"the audio mask in force covers {mask.shape[0]} sequences but the forward pass has "
                               f"{batch}; erasure at audio positions follows the batch the adapter prepared")

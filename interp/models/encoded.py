@@ -17,7 +17,7 @@ from interp.data.audio import SAMPLE_RATE
 from interp.models.base import SpeechBatch
 from interp.models.prompting import choice_log_likelihoods, choice_token_ids
 
-__all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations", "on_device"]
+__all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations", "on_device", "score_after_prompt"]
 
 
 def right_pad(rows: Sequence[Sequence[int]], *, pad_id: int) -> tuple[Tensor, Tensor]:
@@ -56,6 +56,31 @@ def on_device(inputs: dict[str, Tensor], model: torch.nn.Module) -> dict[str, Te
 
 def durations(audio: Sequence[np.ndarray]) -> list[float]:
     return [len(clip) / SAMPLE_RATE for clip in audio]
+
+
+def score_after_prompt(language_model: torch.nn.Module, prompt_out: object, prompt_length: int,
+                       ids: Sequence[Sequence[int]], *, pad_id: int) -> Tensor:
+    """(choices,) float64 summed log-probabilities of each choice's token ids after a prompt already run.
+
+    prompt_out is the causal LM's output on the prompt alone (batch 1, use_cache=True): its last logits score
+    every choice's first token, and its KV cache, repeated once per choice, carries the choices' remaining
+    tokens through one more pass of `language_model`. So the prompt (and its audio) runs once, not once per
+    choice; the result equals a full pass over prompt + choice up to float rounding.
+    """
+    first = torch.log_softmax(prompt_out.logits[0, -1].double(), dim=-1)
+    scores = torch.stack([first[choice[0]] for choice in ids]).cpu()
+    if any(len(choice) > 1 for choice in ids):
+        # choice tokens after the first: token t+1 is predicted from the logits at choice position t
+        continuation, mask = right_pad(ids, pad_id=pad_id)
+        cache = prompt_out.cache
+        cache.batch_repeat_interleave(len(ids))
+        attention_mask = torch.cat([torch.ones(len(ids), prompt_length, dtype=torch.long), mask], dim=1)
+        logits = language_model(**on_device({"input_ids": continuation, "attention_mask": attention_mask},
+                                            language_model), cache=cache).logits
+        log_probs = torch.log_softmax(logits.double(), dim=-1).cpu()
+        scores = scores + torch.stack([log_probs[row, torch.arange(len(choice) - 1), choice[1:]].sum()
+                                       for row, choice in enumerate(ids)])
+    return scores
 
 
 class EncodedSpeechLM(ABC):

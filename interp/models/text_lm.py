@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interp.models.base import Site, llm_sites
-from interp.models.encoded import on_device, right_pad
+from interp.models.encoded import on_device, right_pad, score_after_prompt
 from interp.models.prompting import chat_text, choice_token_ids, split_prompt
 
 __all__ = ["TextLM"]
@@ -45,20 +45,7 @@ class TextLM:
         head = self.prompt_ids(text, prompt)
         ids = choice_token_ids(self.tokenizer, choices)
         prompt_out = self.model(**on_device({"input_ids": torch.tensor([head])}, self.model), use_cache=True)
-        first = torch.log_softmax(prompt_out.logits[0, -1].double(), dim=-1)
-        scores = torch.stack([first[choice[0]] for choice in ids]).cpu()
-        if any(len(choice) > 1 for choice in ids):
-            # choice tokens after the first: token t+1 is predicted from the logits at choice position t
-            continuation, mask = right_pad(ids, pad_id=self.pad_id)
-            cache = prompt_out.cache
-            cache.batch_repeat_interleave(len(ids))
-            attention_mask = torch.cat([torch.ones(len(ids), len(head), dtype=torch.long), mask], dim=1)
-            logits = self.model(**on_device({"input_ids": continuation, "attention_mask": attention_mask}, self.model),
-                                cache=cache).logits
-            log_probs = torch.log_softmax(logits.double(), dim=-1).cpu()
-            scores = scores + torch.stack([log_probs[row, torch.arange(len(choice) - 1), choice[1:]].sum()
-                                           for row, choice in enumerate(ids)])
-        return scores.cpu().numpy()
+        return score_after_prompt(self.model, prompt_out, len(head), ids, pad_id=self.pad_id).numpy()
 
     @torch.no_grad()
     def generate(self, text: str, prompt: str, *, max_new_tokens: int = 32) -> str:
