@@ -9,13 +9,17 @@ plotly, then counts, per figure div (`figure-N`), the SVG layers plotly drew. Ex
 Without a browser (--browser none, or none found) it falls back to a static check: an HTML parser finds no
 external <script src>/<link href>, and every figure's plotly JSON parses with data traces.
 
+With --screenshot FIGURE PNG it also saves that figure (e.g. figure-3) as a PNG, as the README's figure was made.
+
 Usage:
     python scripts/check_report.py demo/report.html [--browser auto|chromium|none] [--chromium /usr/bin/chromium]
+        [--screenshot figure-3 docs/demo_figure.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import shutil
@@ -56,7 +60,7 @@ def static_check(path: Path) -> list[str]:
     return problems
 
 
-def browser_check(path: Path, chromium: str) -> list[str]:
+def browser_check(path: Path, chromium: str, screenshot: tuple[str, Path] | None = None) -> list[str]:
     """Problems seen in headless Chromium: console errors, page errors, requests, figures not drawn."""
     from playwright.sync_api import sync_playwright
 
@@ -75,6 +79,9 @@ def browser_check(path: Path, chromium: str) -> list[str]:
         drawn = page.evaluate("() => Array.from(document.querySelectorAll('div[id^=figure-]')).map(div => "
                               "[div.id, div.querySelectorAll('.main-svg').length, "
                               "div.querySelectorAll('.trace, .hm, .barlayer .point, .scatterlayer .trace').length])")
+        if screenshot is not None:
+            page.set_viewport_size({"width": 1100, "height": 900})
+            page.locator(f"#{screenshot[0]}").screenshot(path=str(screenshot[1]))
         browser.close()
     problems = [f"console: {e}" for e in errors]
     problems += [f"network request: {r}" for r in requests if r != url]
@@ -91,22 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("report", type=Path)
     parser.add_argument("--browser", choices=("auto", "chromium", "none"), default="auto")
     parser.add_argument("--chromium", default=None, help="the Chromium binary (default: found on PATH)")
+    parser.add_argument("--screenshot", nargs=2, metavar=("FIGURE", "PNG"), default=None,
+                        help="also save the figure div FIGURE (e.g. figure-3) as PNG (needs the browser)")
     args = parser.parse_args(argv)
     if not args.report.is_file():
         print(f"error: {args.report}: no such file", file=sys.stderr)
         return 2
     chromium = args.chromium or shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        chromium = None if args.browser == "auto" else chromium
-    if args.browser == "chromium" and not chromium:
+    usable = bool(chromium) and importlib.util.find_spec("playwright") is not None
+    if args.browser == "chromium" and not usable:
         print("error: no chromium binary found (apt-get install chromium) or playwright missing "
               "(pip install playwright)", file=sys.stderr)
         return 2
     problems = static_check(args.report)
-    if args.browser != "none" and chromium:
-        problems += browser_check(args.report, chromium)
+    if args.browser != "none" and usable:
+        shot = (args.screenshot[0], Path(args.screenshot[1])) if args.screenshot else None
+        problems += browser_check(args.report, chromium, shot)
     for problem in problems:
         print(f"problem: {problem}")
     print("ok" if not problems else f"FAILED: {len(problems)} problem(s)")
