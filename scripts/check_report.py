@@ -80,7 +80,10 @@ def browser_check(path: Path, chromium: str, screenshot: tuple[str, Path] | None
                               "[div.id, div.querySelectorAll('.main-svg').length, "
                               "div.querySelectorAll('.trace, .hm, .barlayer .point, .scatterlayer .trace').length])")
         if screenshot is not None:
-            page.set_viewport_size({"width": 1100, "height": 900})
+            page.evaluate("id => { const div = document.getElementById(id); div.style.width = '1000px'; "
+                          "div.style.height = '460px'; return Plotly.relayout(div, {width: 1000, height: 460}); }",
+                          screenshot[0])
+            page.wait_for_timeout(500)
             page.locator(f"#{screenshot[0]}").screenshot(path=str(screenshot[1]))
         browser.close()
     problems = [f"console: {e}" for e in errors]
