@@ -131,7 +131,7 @@ def write_figure(figure: go.Figure, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # the study report
 
-# What the study reports on 7-8B models (../shared/PAPER.md; many numbers are second-hand there), shown
+# What the study reports on 7-8B models (arXiv 2602.17598; many numbers reached us second-hand), shown
 # beside the matching section so that a reader sees the expected shape.
 PAPER_FIGURES: dict[str, list[str]] = {
     "behaviour": [

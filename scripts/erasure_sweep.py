@@ -1,25 +1,9 @@
 """Erasure sweep: concepts × layer sets × tasks → one table (CSV + JSON) and one figure (HTML), resumable.
 The stages live in interp.erasure_sweep (the demo runs them too); this script is their command line.
 
-For each spoken set (--sets):
-1. cache: the model's `llm.layers.{i}` for the union of the layer sets at audio positions (activations.extract),
-   in --cache-dir/<set>; skipped when the cache already holds every item;
-2. split: the first --limit items are split by a seeded draw, stratified by task and label, into a FIT half and
-   an EVAL half (--split half, default); erasers are fitted on the fit half's cache rows only
-   (fit_eraser(items=...)) and every system answers the eval half only, so erasure is tested on utterances
-   the eraser never saw. --split none fits and evaluates on all items (the table header then says so);
-3. erasers: per concept one fit over the union of the layer sets' sites; a LEACE eraser is fitted site by site
-   (and the random control is seeded per site), so the eraser of a layer set is exactly the union's restricted
-   to its sites. Saved as RUN/erasers/<set>-<concept>-<layers>.safetensors; skipped when the file exists;
-4. clean baseline: interp.behavior.run_system with no eraser → RUN/<model>/<set>.jsonl;
-5. erased runs: interp.erasure.evaluate_erasure → RUN/<model>+erase-<concept>-L<layers>/<set>.jsonl; every
-   predictions file is skipped when its sidecar says status done for the expected items.
-
-Outputs: RUN/sweep.csv, RUN/sweep.json (rows: set, task, concept, layers, mean rank per layer, share of d,
-accuracy with 95 % bootstrap CI, Δ vs clean with paired bootstrap CI, chance level; plus config and
-provenance), RUN/sweep.html (plotly, self-contained: accuracy by concept per layer set, one panel per task
-and set, clean and chance lines, and the table). The table is printed. `interp stats RUN` compares the
-systems of the run (κ, McNemar) since all of them answered the same items.
+The stages, their outputs and what a rerun reuses are described in interp.erasure_sweep (printed below by
+--help). The table is printed. `interp stats RUN` compares the systems of the run (κ, McNemar) since all of
+them answered the same items.
 
 On a shared CPU machine pass --threads 1: torch's default threads waiting for busy cores made the harness ~20x
 slower here (8 mini-ultravox items: ~100 s with 2 threads under load, 5.4 s with 1).
@@ -39,13 +23,15 @@ import shlex
 import sys
 from pathlib import Path
 
+import interp.erasure_sweep
 from interp.erasure_sweep import SweepPlan, format_table, header_line, run_sweep
 
 SCRIPT = "scripts/erasure_sweep.py"
 
 
 def _parse_args(argv: list[str] | None) -> SweepPlan:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=f"{__doc__}\n{interp.erasure_sweep.__doc__}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mini-ultravox")
     parser.add_argument("--sets", type=Path, nargs="+", required=True, metavar="SET", help="spoken set folders")
     parser.add_argument("--out", type=Path, required=True, metavar="RUN", help="run folder (created; resumed)")

@@ -52,7 +52,7 @@ Usage:
         --llm-strong QWEN2.5-7B --qwen2-audio QWEN2-AUDIO --llm-qwen2 QWEN2-7B \\
         --ultravox ULTRAVOX --ultravox-audio W-LARGE-V3-TURBO --ultravox-llm LLAMA-3.1-8B --llm-llama LLAMA-3.1-8B \\
         --phi4mm PHI4MM --llm-phi4-mini PHI4-MINI [--items 1000] [--data-dir DIR] [--stages all]
-    python scripts/reproduce_paper.py --dry-run --out /tmp/paper-dry-run
+    python scripts/reproduce_paper.py --dry-run --out results/paper-dry-run
 """
 
 from __future__ import annotations
