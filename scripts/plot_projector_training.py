@@ -1,7 +1,8 @@
 """Loss curves of one or more train_projector.py runs in one figure (plotly HTML), e.g. a run and its rerun.
 
-Each run's log.jsonl gives the training loss, its cross-entropy and KL parts (a moving average over --smooth
-steps is drawn over the raw points) and the validation WER of the periodic evaluations (right axis).
+Each run's log.jsonl gives the training loss, its cross-entropy, KL and CTC parts (a moving average over
+--smooth steps; phase-1 steps carry the CTC term only) and the validation WER of the periodic evaluations,
+the student's "repeat" generation and, where logged, the CTC head's greedy reading (right axis).
 Prints, for runs after the first, the largest absolute difference of their per-step losses from the first
 run's over the steps they share: 0.0 means the rerun retraced the first run exactly.
 
@@ -39,14 +40,19 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 def figure(runs: dict[str, list[dict]], smooth: int) -> go.Figure:
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     for name, log in runs.items():
-        steps = np.array([e["step"] for e in log if "loss" in e])
-        for key, dash in (("loss", "solid"), ("ce", "dot"), ("kl", "dash")):
-            values = np.array([e[key] for e in log if "loss" in e])
-            fig.add_trace(go.Scatter(x=steps, y=moving_average(values, smooth), mode="lines", line={"dash": dash},
-                                     name=f"{name}: {key} (mean of {smooth})"), secondary_y=False)
-        evals = [e for e in log if "val_wer" in e]
-        fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e["val_wer"] for e in evals], mode="markers+lines",
-                                 name=f"{name}: validation WER"), secondary_y=True)
+        for key, dash in (("loss", "solid"), ("ce", "dot"), ("kl", "dash"), ("ctc", "dashdot")):
+            points = [e for e in log if key in e and "val_wer" not in e]
+            if not points:
+                continue
+            values = np.array([e[key] for e in points])
+            fig.add_trace(go.Scatter(x=[e["step"] for e in points], y=moving_average(values, smooth), mode="lines",
+                                     line={"dash": dash}, name=f"{name}: {key} (mean of {smooth})"),
+                          secondary_y=False)
+        for key, label in (("val_wer", "validation WER"), ("val_ctc_wer", "validation WER, CTC reading")):
+            evals = [e for e in log if key in e]
+            if evals:
+                fig.add_trace(go.Scatter(x=[e["step"] for e in evals], y=[e[key] for e in evals],
+                                         mode="markers+lines", name=f"{name}: {label}"), secondary_y=True)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="loss (nats per token)", secondary_y=False)
     fig.update_yaxes(title_text="WER", secondary_y=True, rangemode="tozero")

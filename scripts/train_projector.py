@@ -21,7 +21,14 @@ Stages, all under --work and each skipped when its output is already there (so a
    items, one KL prompt with the teacher's greedy response (SmolLM2 reading the transcript in place of the
    audio, <= --kl-max-tokens tokens) and, at each response position, the teacher's top-k (--top-k) token
    ids and full-vocabulary log-probabilities.
-3. Training: per step a batch of items gives
+3. Training, in two phases over one step counter.
+   Phase 1 (--ctc-steps, no LLM pass, cheap): CTC alignment of each audio position with the transcript.
+   The projector's output at every audio position is scored against SmolLM2's (tied) token embeddings,
+   logits = audio · E[v]ᵀ over the tokens v of the training transcripts plus a blank (the single-space
+   token), and CTC(transcript tokens) is minimised, batch --ctc-batch-size. It makes each audio position
+   look like the embedding of the token being spoken, which the frozen LLM can read; the cross-entropy
+   alone, on a few thousand utterances, memorised them instead (held-out WER ≈ 1.0, docs/mini-ultravox).
+   Phase 2 (--steps): per step a batch of items gives
    - cross-entropy rows: "Repeat exactly what you heard: <|audio|>" (prompt built as UltravoxSpeechLM does,
      through chat_text) with target = transcript tokens + eos (<|im_end|>), averaged over target tokens;
    - KL rows (the first --kl-batch items of the batch): the item's KL prompt (task-style few-shot prompts of
@@ -29,23 +36,26 @@ Stages, all under --work and each skipped when its output is already there (so a
      KL(teacher || student) at each response position over the teacher's top-k tokens plus one "rest of
      the vocabulary" bucket (exact for a (k+1)-outcome coarsening of both distributions), averaged over
      positions.
-   loss = ce + --kl-weight * kl. AdamW, linear warmup then cosine decay to 5 % of --lr, grad-norm clip 1.
+   loss = ce + --kl-weight * kl + --ctc-weight * ctc. AdamW; each phase has its own linear warmup then
+   cosine decay to 5 % of --lr; grad-norm clip 1.
    Encoder outputs of a batch are zero-padded to its longest item, which matches one clip alone (the
    projector stacks frames from 0, and the last partial group is zero-padded either way).
    Batches are a deterministic function of (seed, step), so resuming from a checkpoint continues exactly.
 4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
-   validation items, WER (interp.text_metrics) logged; at the end on all validation items.
+   validation items, WER (interp.text_metrics) logged ("val_wer"), beside the WER of the CTC head's greedy
+   reading of the same audio ("val_ctc_wer"); at the end on all validation items.
    --export PATH writes the projector's state dict (keys of UltravoxModel.multi_modal_projector) as
    safetensors, float32, plus PATH with .json: a model-card stub (data, steps, wall time, losses, WER).
 
-Files in --work: log.jsonl (one line per step: step, loss, ce, kl, lr, items_per_s, elapsed_s; eval lines
+Files in --work: log.jsonl (one line per step: step, loss, ce, kl, ctc, lr, items_per_s, elapsed_s; phase-1
+lines have no ce/kl; eval lines
 carry "val_wer"), checkpoint.safetensors (projector), train_state.pt (optimizer, scheduler, step),
 prep_stats.json (data-prep timings). --max-minutes counts from the start of the process (data prep included)
 and stops cleanly with a checkpoint (and the export, marked "completed": false).
 
 Usage:
-  python scripts/train_projector.py --work runs/projector --n-train 3000 --n-val 120 --steps 2000 \
-      --batch-size 8 --lr 1e-3 --seed 0 --max-minutes 150 \
+  python scripts/train_projector.py --work runs/projector --n-train 3000 --n-val 120 --ctc-steps 1500 \
+      --steps 2000 --batch-size 8 --lr 1e-3 --seed 0 --max-minutes 150 \
       --export interp/resources/mini_ultravox_projector.safetensors
 """
 
@@ -578,9 +588,52 @@ def topk_kl(student_logits: Tensor, idx: Tensor, teacher_logp: Tensor) -> Tensor
     return kl.sum()
 
 
-def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[str]) -> dict:
+def ctc_vocabulary(stack, train: list[dict]) -> Tensor:
+    """Token ids the CTC head scores: the blank (single space) first, then every training transcript token."""
+    blank = stack["tokenizer"](" ", add_special_tokens=False)["input_ids"]
+    assert len(blank) == 1, blank
+    tokens = sorted({t for it in train for t in it["tokens"]} - set(blank))
+    return torch.tensor(blank + tokens)
+
+
+def ctc_logits(stack, audio: Tensor, vocab: Tensor) -> Tensor:
+    """Each audio position against SmolLM2's embeddings of `vocab` (index 0 = blank): (batch, positions, |vocab|)."""
+    return audio @ stack["model"].get_input_embeddings().weight[vocab].T
+
+
+def audio_lengths(stack, items: list[dict]) -> list[int]:
+    return [audio_token_count(it["mel_frames"], stack_factor=stack["model"].config.stack_factor) for it in items]
+
+
+def ctc_loss(stack, audio: Tensor, items: list[dict], vocab: Tensor) -> Tensor:
+    """CTC of the transcripts' tokens over the audio positions, mean per target token (infeasible rows → 0)."""
+    position = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long)
+    position[vocab] = torch.arange(len(vocab))
+    targets = [position[torch.tensor(it["tokens"], dtype=torch.long)] for it in items]
+    keep = [r for r, t in enumerate(targets) if len(t) and bool((t > 0).all())]  # tokens outside the vocabulary
+    if not keep:
+        return audio.sum() * 0
+    logp = torch.log_softmax(ctc_logits(stack, audio[keep], vocab).float(), dim=-1)
+    return F.ctc_loss(logp.transpose(0, 1), torch.cat([targets[r] for r in keep]),
+                      torch.tensor([audio_lengths(stack, items)[r] for r in keep]),
+                      torch.tensor([len(targets[r]) for r in keep]), blank=0, reduction="mean", zero_infinity=True)
+
+
+def ctc_read(stack, audio: Tensor, length: int, vocab: Tensor) -> str:
+    """Greedy CTC reading of one item's audio positions: best token per position, repeats merged, blanks dropped."""
+    best = ctc_logits(stack, audio[:length], vocab).argmax(-1).tolist()
+    ids = [int(vocab[b]) for j, b in enumerate(best) if b != 0 and (j == 0 or b != best[j - 1])]
+    return stack["tokenizer"].decode(ids).strip()
+
+
+def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[str], vocab: Tensor,
+             with_llm: bool = True) -> dict:
+    """Phase 2 losses (ce, kl, ctc), or with_llm=False the phase-1 loss (ctc) alone."""
     eos = stack["eos_id"]
     audio = project(projector, [it["enc"] for it in items])
+    ctc = ctc_loss(stack, audio, items, vocab)
+    if not with_llm:
+        return {"ctc": ctc}
     targets = [list(it["tokens"]) + [eos] for it in items]
     embeds, mask, starts = build_rows(stack, audio, items, [REPEAT_PROMPT] * len(items), targets)
     logits = suffix_logits(stack, embeds, mask, starts, [len(t) for t in targets])
@@ -595,35 +648,41 @@ def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[s
         logits = suffix_logits(stack, embeds, mask, starts, [len(r) for r in responses])
         kl = sum(topk_kl(lg, it["kl_idx"], it["kl_logp"]) for lg, it in zip(logits, kl_items))
         kl = kl / sum(len(r) for r in responses)
-    return {"ce": ce, "kl": kl}
+    return {"ce": ce, "kl": kl, "ctc": ctc}
 
 
 @torch.no_grad()
-def evaluate(stack, projector, items: list[dict]) -> tuple[float, list[dict]]:
-    """WER of greedy 'repeat' generation through the student, one item at a time."""
+def evaluate(stack, projector, items: list[dict], vocab: Tensor) -> tuple[dict, list[dict]]:
+    """WER of greedy 'repeat' generation through the student, one item at a time, and of the CTC head's reading."""
     from interp.text_metrics import word_error_rate
 
     was_training = projector.training
     projector.eval()
     lm, tok = stack["model"].language_model, stack["tokenizer"]
-    hyps = []
+    hyps, ctc_hyps = [], []
     for it in items:
         audio = project(projector, [it["enc"]])
+        ctc_hyps.append(ctc_read(stack, audio[0], audio_lengths(stack, [it])[0], vocab))
         embeds, mask, _ = build_rows(stack, audio, [it], [REPEAT_PROMPT], [[]])
         out = lm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, pad_token_id=stack["pad_id"],
                           max_new_tokens=2 * len(it["text"].split()) + 4)
         hyps.append(tok.decode(out[0], skip_special_tokens=True).strip())
     projector.train(was_training)
     refs = [it["text"] for it in items]
-    return word_error_rate(refs, hyps), [{"id": it["id"], "ref": r, "hyp": h} for it, r, h in zip(items, refs, hyps)]
+    wers = {"val_wer": word_error_rate(refs, hyps), "val_ctc_wer": word_error_rate(refs, ctc_hyps)}
+    return wers, [{"id": it["id"], "ref": r, "hyp": h, "ctc": c} for it, r, h, c in zip(items, refs, hyps, ctc_hyps)]
 
 
-def lr_lambda(warmup: int, total: int, floor: float = 0.05):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+def lr_lambda(warmup: int, total: int, floor: float = 0.05, ctc_steps: int = 0, ctc_warmup: int = 1):
+    """Linear warmup then cosine to `floor`, once over the CTC phase (if any) and once over the main phase."""
+    def phase(step: int, warm: int, length: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, length - warm))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def f(step: int) -> float:
+        return phase(step, ctc_warmup, ctc_steps) if step < ctc_steps else phase(step - ctc_steps, warmup, total)
     return f
 
 
@@ -666,7 +725,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--kl-max-tokens", type=int, default=16, help="teacher response length for the KL term")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--ctc-steps", type=int, default=1500,
+                   help="phase-1 steps: CTC alignment only, no LLM pass (0: none)")
+    p.add_argument("--ctc-batch-size", type=int, default=16)
+    p.add_argument("--ctc-weight", type=float, default=0.5, help="weight of the CTC term in phase 2")
+    p.add_argument("--steps", type=int, default=2000, help="phase-2 steps (cross-entropy + KL + CTC)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--kl-batch", type=int, default=None, help="KL rows per step (default batch-size // 2)")
     p.add_argument("--kl-weight", type=float, default=1.0)
@@ -691,7 +754,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
 _DATA_KEYS = ("n_train", "n_val", "lm_fraction", "real_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
-_TRAIN_KEYS = ("steps", "batch_size", "kl_batch", "kl_weight", "lr", "weight_decay", "warmup")
+_TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
+               "weight_decay", "warmup")
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -721,7 +785,9 @@ def main(argv: list[str] | None = None) -> dict:
     projector = fresh_projector(stack, args.seed)
     params = [p for p in projector.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.warmup, args.steps))
+    total = args.ctc_steps + args.steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        args.warmup, args.steps, ctc_steps=args.ctc_steps, ctc_warmup=max(1, round(0.05 * args.ctc_steps))))
     step = 0
     if (work / "checkpoint.safetensors").exists():
         projector.load_state_dict(load_file(str(work / "checkpoint.safetensors")), strict=True)
@@ -734,18 +800,25 @@ def main(argv: list[str] | None = None) -> dict:
     _atomic_write_text(work / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
     train_seconds = sum(e.get("step_s", 0.0) for e in log)
     prompts = kl_prompts()
+    vocab = ctc_vocabulary(stack, train)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=args.steps, initial=step, desc="train", unit="step")
+    bar = tqdm(total=total, initial=step, desc="train", unit="step")
     stopped = False
     last = {}
     with open(work / "log.jsonl", "a") as log_file:
-        while step < args.steps:
+        while step < total:
             t0 = time.perf_counter()
-            items = [train[i] for i in batch_indices(args.seed, step, args.batch_size, len(train))]
-            losses = loss_for(stack, projector, items, args.kl_batch, prompts)
-            loss = losses["ce"] + args.kl_weight * losses["kl"]
+            if step < args.ctc_steps:
+                items = [train[i] for i in batch_indices(args.seed, step, args.ctc_batch_size, len(train))]
+                losses = loss_for(stack, projector, items, 0, prompts, vocab, with_llm=False)
+                loss = losses["ctc"]
+            else:
+                batch = batch_indices(args.seed, step - args.ctc_steps, args.batch_size, len(train))
+                items = [train[i] for i in batch]
+                losses = loss_for(stack, projector, items, args.kl_batch, prompts, vocab)
+                loss = losses["ce"] + args.kl_weight * losses["kl"] + args.ctc_weight * losses["ctc"]
             values = {k: float(v.detach()) for k, v in (("loss", loss), *losses.items())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -761,34 +834,37 @@ def main(argv: list[str] | None = None) -> dict:
                     "elapsed_s": time.perf_counter() - started}
             log_file.write(json.dumps(last) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", kl=f"{last['kl']:.3f}")
+            bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()})
             out_of_time = args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes
-            if step % args.eval_every == 0 and step < args.steps and not out_of_time:
-                wer, _ = evaluate(stack, projector, val[:args.eval_items])
-                log_file.write(json.dumps({"step": step, "val_wer": wer, "val_items": min(len(val), args.eval_items),
+            if (step % args.eval_every == 0 or step == args.ctc_steps) and step < total and not out_of_time:
+                wers, _ = evaluate(stack, projector, val[:args.eval_items], vocab)
+                n_eval = min(len(val), args.eval_items)
+                log_file.write(json.dumps({"step": step, **wers, "val_items": n_eval,
                                            "elapsed_s": time.perf_counter() - started}) + "\n")
-                bar.write(f"step {step}: val WER {wer:.3f} on {min(len(val), args.eval_items)} items")
-            if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
+                bar.write(f"step {step}: val WER {wers['val_wer']:.3f} (CTC reading {wers['val_ctc_wer']:.3f}) "
+                          f"on {n_eval} items")
+            if step % args.ckpt_every == 0 or step == total or out_of_time:
                 log_file.flush()
                 save_checkpoint(work, projector, optimizer, scheduler, step)
-            if out_of_time and step < args.steps:
+            if out_of_time and step < total:
                 bar.write(f"--max-minutes reached at step {step}; checkpoint saved, rerun to continue")
                 stopped = True
                 break
     bar.close()
 
-    result = {"step": step, "completed": step >= args.steps and not stopped, "last": last}
+    result = {"step": step, "completed": step >= total and not stopped, "last": last}
     eval_items = val if not args.no_final_eval else val[:args.eval_items]
     if val and (result["completed"] or args.export):
-        wer, samples = evaluate(stack, projector, eval_items)
-        result["val_wer"], result["val_items"] = wer, len(eval_items)
+        wers, samples = evaluate(stack, projector, eval_items, vocab)
+        result.update(wers, val_items=len(eval_items))
         _atomic_write_text(work / f"val_samples_step{step}.json", json.dumps(samples, indent=1))
         with open(work / "log.jsonl", "a") as log_file:
-            log_file.write(json.dumps({"step": step, "val_wer": wer, "val_items": len(eval_items), "final": True,
+            log_file.write(json.dumps({"step": step, **wers, "val_items": len(eval_items), "final": True,
                                        "elapsed_s": time.perf_counter() - started}) + "\n")
-        print(f"validation WER at step {step}: {wer:.3f} on {len(eval_items)} held-out utterances")
+        print(f"validation WER at step {step}: {wers['val_wer']:.3f} (CTC reading {wers['val_ctc_wer']:.3f}) "
+              f"on {len(eval_items)} held-out utterances")
     if args.export:
-        recent = [e for e in read_log(work) if "loss" in e][-50:]
+        recent = [e for e in read_log(work) if "ce" in e][-50:]
         card = {"model": "mini-ultravox projector (UltravoxProjector, stack 8, hidden "
                          f"{stack['model'].config.hidden_size}, ln_mid)",
                 "keys": "UltravoxModel.multi_modal_projector.state_dict()", "dtype": "float32",
@@ -803,9 +879,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),
                              "hardware": f"{platform.processor() or platform.machine()}, "
                                          f"{torch.get_num_threads()} torch threads, CPU"},
-                "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent])) for k in ("loss", "ce", "kl")}
+                "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent]))
+                                              for k in ("loss", "ce", "kl", "ctc")}
                 if recent else None,
-                "val_wer": result.get("val_wer"), "val_wer_items": result.get("val_items"),
+                "val_wer": result.get("val_wer"), "val_ctc_wer": result.get("val_ctc_wer"),
+                "val_wer_items": result.get("val_items"),
                 "log": "log.jsonl in the --work folder"}
         export(args.export, projector, card)
         print(f"exported {args.export} and {args.export.with_suffix('.json')}")

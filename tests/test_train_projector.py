@@ -17,27 +17,33 @@ from tests.helpers import load_script
 pytestmark = pytest.mark.slow
 
 
-def _losses(work: Path) -> list[tuple[int, float, float, float]]:
+def _losses(work: Path) -> list[tuple[int, float, float | None, float | None, float]]:
     lines = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
-    return [(e["step"], e["loss"], e["ce"], e["kl"]) for e in lines if "loss" in e]
+    return [(e["step"], e["loss"], e.get("ce"), e.get("kl"), e["ctc"]) for e in lines if "loss" in e]
 
 
 def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     tp = load_script("train_projector")
-    common = ["--n-train", "4", "--n-val", "2", "--steps", "3", "--batch-size", "2", "--kl-batch", "1",
+    common = ["--n-train", "4", "--n-val", "2", "--ctc-steps", "2", "--ctc-batch-size", "3", "--steps", "3",
+              "--batch-size", "2", "--kl-batch", "1",
               "--lm-fraction", "0.5", "--eval-every", "2", "--eval-items", "1", "--threads", "1", "--seed", "0"]
     a, b = tmp_path / "a", tmp_path / "b"
     exported = tmp_path / "out" / "projector.safetensors"
     result = tp.main(["--work", str(a), *common, "--export", str(exported)])
-    assert result["completed"] and result["step"] == 3
+    assert result["completed"] and result["step"] == 5
 
     entries = [json.loads(line) for line in (a / "log.jsonl").read_text().splitlines()]
     steps = [e for e in entries if "loss" in e]
-    assert [e["step"] for e in steps] == [1, 2, 3]
-    for entry in steps:
-        assert {"step", "loss", "ce", "kl", "lr", "items_per_s", "elapsed_s"} <= set(entry)
-        assert entry["kl"] > 0 and entry["ce"] > 0
-    assert any("val_wer" in e and e["step"] == 2 for e in entries)
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5]
+    # Phase 1 (CTC alignment, no LLM pass), then phase 2 (cross-entropy + KL + CTC).
+    for entry in steps[:2]:
+        assert {"step", "loss", "ctc", "lr", "items_per_s", "elapsed_s"} <= set(entry) and "ce" not in entry
+        assert entry["loss"] == entry["ctc"] > 0
+    for entry in steps[2:]:
+        assert {"step", "loss", "ce", "kl", "ctc", "lr", "items_per_s", "elapsed_s"} <= set(entry)
+        assert entry["kl"] > 0 and entry["ce"] > 0 and entry["ctc"] > 0
+        assert entry["loss"] == pytest.approx(entry["ce"] + entry["kl"] + 0.5 * entry["ctc"], rel=1e-5)
+    assert any("val_wer" in e and "val_ctc_wer" in e and e["step"] == 2 for e in entries)
     assert any(e.get("final") for e in entries)
     prep = json.loads((a / "prep_stats.json").read_text())
     assert prep["utterances"] == 6
@@ -50,7 +56,7 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert stopped["step"] == 1 and not stopped["completed"]
     assert (b / "checkpoint.safetensors").exists()
     resumed = tp.main(["--work", str(b), *common, "--no-final-eval"])
-    assert resumed["completed"] and resumed["step"] == 3
+    assert resumed["completed"] and resumed["step"] == 5
     # Same seed → identical losses, and the resumed run continues exactly where the first left off.
     assert _losses(b) == _losses(a)
 
@@ -60,7 +66,7 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert set(state) == set(tp.load_stack()["model"].multi_modal_projector.state_dict())
     assert all(t.dtype == torch.float32 for t in state.values())
     card = json.loads(exported.with_suffix(".json").read_text())
-    assert card["training"]["steps_done"] == 3 and card["val_wer"] is not None
+    assert card["training"]["steps_done"] == 5 and card["val_wer"] is not None and card["val_ctc_wer"] is not None
 
 
 def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None:
@@ -72,3 +78,45 @@ def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None
     assert all(tp._CLEAN.match(s) and 6 <= len(s.split()) <= 25 and s[0].isupper() for s in found)
     assert not any(ch.isdigit() for s in found for ch in s)
     assert tp.real_text_sentences(set(found[:10])) == found[10:]
+
+
+def test_ctc_head_reads_token_embeddings_back_and_scores_them_low() -> None:
+    """Audio positions equal to the transcript's token embeddings, separated by the blank's, read back as the
+    transcript; their CTC loss is far below that of the same positions in reverse order."""
+    tp = load_script("train_projector")
+    stack = tp.load_stack()
+    text = "The quiet harbour opened early"
+    item = {"tokens": stack["tokenizer"](text, add_special_tokens=False)["input_ids"]}
+    vocab = tp.ctc_vocabulary(stack, [item])
+    embeddings = stack["model"].get_input_embeddings().weight.detach()
+    blank = embeddings[vocab[0]]
+    rows = [row for t in item["tokens"] for row in (embeddings[t], blank)]
+    audio = 8 * torch.stack(rows)  # scaled so the softmax over the vocabulary is peaked
+    assert tp.ctc_read(stack, audio, len(rows), vocab) == text
+    mel_frames = 2 * 8 * len(rows)  # encoder downsampling 2, stack 8: exactly len(rows) audio positions
+    item["mel_frames"] = mel_frames
+    forward = float(tp.ctc_loss(stack, audio[None], [item], vocab))
+    backward = float(tp.ctc_loss(stack, audio.flip(0)[None], [item], vocab))
+    assert forward < 0.05 < backward
+
+
+def test_loss_curve_figure_draws_both_phases_and_measures_a_rerun(tmp_path, capsys) -> None:
+    """plot_projector_training.py: phase-1 lines (CTC only) and phase-2 lines both drawn; a rerun that retraced
+    the run reports 0, one that differs reports the largest difference over the shared steps."""
+    plot = load_script("plot_projector_training")
+    log = [{"step": 1, "loss": 5.0, "ctc": 5.0}, {"step": 2, "loss": 4.0, "ctc": 4.0},
+           {"step": 2, "val_wer": 1.0, "val_ctc_wer": 0.9},
+           {"step": 3, "loss": 3.0, "ce": 2.0, "kl": 0.5, "ctc": 1.0}]
+    runs = {}
+    for name, entries in (("run", log), ("same", log[:2]), ("other", [{**log[0], "loss": 5.25}, *log[1:]])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+        runs[name] = tmp_path / name
+    differences = plot.main([str(runs["run"]), str(runs["same"]), str(runs["other"]), "--out",
+                             str(tmp_path / "curve.html"), "--smooth", "1"])
+    assert differences == {str(runs["same"]): 0.0, str(runs["other"]): 0.25}
+    figure = plot.figure({"run": log}, smooth=1)
+    traces = {trace.name: list(trace.y) for trace in figure.data}
+    assert traces["run: ctc (mean of 1)"] == [5.0, 4.0, 1.0] and traces["run: ce (mean of 1)"] == [2.0]
+    assert traces["run: validation WER, CTC reading"] == [0.9]
+    assert "2 steps shared" in capsys.readouterr().out
