@@ -47,9 +47,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    --export PATH writes the projector's state dict (keys of UltravoxModel.multi_modal_projector) as
    safetensors, float32, plus PATH with .json: a model-card stub (data, steps, wall time, losses, WER).
 
-Files in --work: log.jsonl (one line per step: step, loss, ce, kl, ctc, lr, items_per_s, elapsed_s; phase-1
-lines have no ce/kl; eval lines
-carry "val_wer"), checkpoint.safetensors (projector), train_state.pt (optimizer, scheduler, step),
+Files in --work: log.jsonl (one line per step: step, loss, ce, kl, ctc, lr, items_per_s, elapsed_s, phase-1
+lines without ce and kl; eval lines carry "val_wer" and "val_ctc_wer"), checkpoint.safetensors (projector), train_state.pt (optimizer, scheduler, step),
 prep_stats.json (data-prep timings). --max-minutes counts from the start of the process (data prep included)
 and stops cleanly with a checkpoint (and the export, marked "completed": false).
 
@@ -606,16 +605,20 @@ def audio_lengths(stack, items: list[dict]) -> list[int]:
 
 
 def ctc_loss(stack, audio: Tensor, items: list[dict], vocab: Tensor) -> Tensor:
-    """CTC of the transcripts' tokens over the audio positions, mean per target token (infeasible rows → 0)."""
+    """CTC of the transcripts' tokens over the audio positions, each row's loss per target token, averaged.
+
+    Rows holding a token outside `vocab` (or the blank) are left out; a row too short for its transcript
+    counts 0 (zero_infinity)."""
     position = torch.full((int(vocab.max()) + 1,), -1, dtype=torch.long)
     position[vocab] = torch.arange(len(vocab))
     targets = [position[torch.tensor(it["tokens"], dtype=torch.long)] for it in items]
-    keep = [r for r, t in enumerate(targets) if len(t) and bool((t > 0).all())]  # tokens outside the vocabulary
+    keep = [r for r, t in enumerate(targets) if len(t) and bool((t > 0).all())]
     if not keep:
         return audio.sum() * 0
+    lengths = audio_lengths(stack, items)
     logp = torch.log_softmax(ctc_logits(stack, audio[keep], vocab).float(), dim=-1)
     return F.ctc_loss(logp.transpose(0, 1), torch.cat([targets[r] for r in keep]),
-                      torch.tensor([audio_lengths(stack, items)[r] for r in keep]),
+                      torch.tensor([lengths[r] for r in keep]),
                       torch.tensor([len(targets[r]) for r in keep]), blank=0, reduction="mean", zero_infinity=True)
 
 
