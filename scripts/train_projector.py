@@ -48,7 +48,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    safetensors, float32, plus PATH with .json: a model-card stub (data, steps, wall time, losses, WER).
 
 Files in --work: log.jsonl (one line per step: step, loss, ce, kl, ctc, lr, items_per_s, elapsed_s, phase-1
-lines without ce and kl; eval lines carry "val_wer" and "val_ctc_wer"), checkpoint.safetensors (projector), train_state.pt (optimizer, scheduler, step),
+lines without ce and kl; eval lines carry "val_wer" and "val_ctc_wer"), checkpoint.safetensors (projector),
+train_state.pt (optimizer, scheduler, step),
 prep_stats.json (data-prep timings). --max-minutes counts from the start of the process (data prep included)
 and stops cleanly with a checkpoint (and the export, marked "completed": false).
 
@@ -629,14 +630,11 @@ def ctc_read(stack, audio: Tensor, length: int, vocab: Tensor) -> str:
     return stack["tokenizer"].decode(ids).strip()
 
 
-def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[str], vocab: Tensor,
-             with_llm: bool = True) -> dict:
-    """Phase 2 losses (ce, kl, ctc), or with_llm=False the phase-1 loss (ctc) alone."""
+def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[str], vocab: Tensor) -> dict:
+    """Phase-2 losses: ce, kl and ctc."""
     eos = stack["eos_id"]
     audio = project(projector, [it["enc"] for it in items])
     ctc = ctc_loss(stack, audio, items, vocab)
-    if not with_llm:
-        return {"ctc": ctc}
     targets = [list(it["tokens"]) + [eos] for it in items]
     embeds, mask, starts = build_rows(stack, audio, items, [REPEAT_PROMPT] * len(items), targets)
     logits = suffix_logits(stack, embeds, mask, starts, [len(t) for t in targets])
@@ -815,7 +813,7 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             if step < args.ctc_steps:
                 items = [train[i] for i in batch_indices(args.seed, step, args.ctc_batch_size, len(train))]
-                losses = loss_for(stack, projector, items, 0, prompts, vocab, with_llm=False)
+                losses = {"ctc": ctc_loss(stack, project(projector, [it["enc"] for it in items]), items, vocab)}
                 loss = losses["ctc"]
             else:
                 batch = batch_indices(args.seed, step - args.ctc_steps, args.batch_size, len(train))
