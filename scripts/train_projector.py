@@ -40,7 +40,11 @@ Stages, all under --work and each skipped when its output is already there (so a
    cosine decay to 5 % of --lr; grad-norm clip 1.
    Encoder outputs of a batch are zero-padded to its longest item, which matches one clip alone (the
    projector stacks frames from 0, and the last partial group is zero-padded either way).
-   Batches are a deterministic function of (seed, step), so resuming from a checkpoint continues exactly.
+   Unless --no-augment, every training item's encoder frames are perturbed afresh at each step (see
+   augment_frames: speed change, a shifted start, short time masks, 10 % of values dropped), so the
+   projector cannot memorise a few thousand fixed inputs; validation always sees the frames unchanged.
+   Batches and their perturbations are a deterministic function of (seed, step), so resuming from a
+   checkpoint continues exactly.
 4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
    validation items, WER (interp.text_metrics) logged ("val_wer"), beside the WER of the CTC head's greedy
    reading of the same audio ("val_ctc_wer"); at the end on all validation items.
@@ -81,7 +85,7 @@ from torch import Tensor
 
 from interp.models.base import AUDIO_PLACEHOLDER
 from interp.models.prompting import PlainPrompt, chat_text, split_prompt
-from interp.models.ultravox import UltravoxProjector, audio_token_count
+from interp.models.ultravox import UltravoxProjector
 from interp.task_prompts import TASK_PROMPTS
 
 _log = logging.getLogger("train_projector")
@@ -541,6 +545,34 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> list[int]:
     return out
 
 
+def augment_frames(enc: Tensor, n_tokens: int, stack_factor: int, seed: int, step: int, row: int) -> Tensor:
+    """One random perturbation of an utterance's encoder frames, a function of (seed, step, row).
+
+    - start shifted by 0 to stack_factor - 1 frames, which moves every stacking boundary;
+    - speed: resampled (linear) to 0.9-1.2 times its length, never so short that the transcript has more
+      than 0.9 tokens per audio position (CTC needs room for blanks) unless even 1.2 cannot give that;
+    - one time mask per 50 frames, each 0-6 frames (up to 120 ms) set to zero;
+    - 10 % of the values dropped (zeroed, the rest scaled by 1/0.9)."""
+    rng = np.random.default_rng([seed, 11, step, row])
+    frames = enc.float()[int(rng.integers(0, stack_factor)):]
+    shortest = min(1.2, max(0.9, stack_factor * n_tokens / 0.9 / frames.shape[0]))
+    length = max(1, math.ceil(frames.shape[0] * rng.uniform(shortest, 1.2)))
+    frames = F.interpolate(frames.T[None], size=length, mode="linear", align_corners=False)[0].T.contiguous()
+    for _ in range(max(1, frames.shape[0] // 50)):
+        width = int(rng.integers(0, 7))
+        start = int(rng.integers(0, max(1, frames.shape[0] - width)))
+        frames[start:start + width] = 0
+    keep = torch.from_numpy(rng.random(frames.shape) >= 0.1)
+    return frames * keep / 0.9
+
+
+def augmented(stack, items: list[dict], seed: int, step: int) -> list[dict]:
+    """Copies of a training batch's items with freshly perturbed encoder frames."""
+    factor = stack["model"].config.stack_factor
+    return [dict(it, enc=augment_frames(it["enc"], len(it["tokens"]), factor, seed, step, row))
+            for row, it in enumerate(items)]
+
+
 def project(projector: UltravoxProjector, encs: list[Tensor]) -> Tensor:
     """Projected audio of a batch of encoder outputs, zero-padded to the longest."""
     width = max(e.shape[0] for e in encs)
@@ -556,7 +588,7 @@ def build_rows(stack, audio: Tensor, items: list[dict], prompts: list[str], suff
     pieces, lengths, prompt_lens = [], [], []
     for row, (it, prompt, suffix) in enumerate(zip(items, prompts, suffixes)):
         head, tail = prompt_parts(tok, prompt)
-        n_audio = audio_token_count(it["mel_frames"], stack_factor=model.config.stack_factor)
+        n_audio = audio_positions(stack, it)
         with torch.no_grad():
             before = embed(torch.tensor(head, dtype=torch.long))
             after = embed(torch.tensor(list(tail) + list(suffix), dtype=torch.long))
@@ -601,8 +633,13 @@ def ctc_logits(stack, audio: Tensor, vocab: Tensor) -> Tensor:
     return audio @ stack["model"].get_input_embeddings().weight[vocab].T
 
 
+def audio_positions(stack, item: dict) -> int:
+    """LLM audio positions of an item's encoder frames (as audio_token_count gives for its mel frames)."""
+    return math.ceil(item["enc"].shape[0] / stack["model"].config.stack_factor)
+
+
 def audio_lengths(stack, items: list[dict]) -> list[int]:
-    return [audio_token_count(it["mel_frames"], stack_factor=stack["model"].config.stack_factor) for it in items]
+    return [audio_positions(stack, it) for it in items]
 
 
 def ctc_loss(stack, audio: Tensor, items: list[dict], vocab: Tensor) -> Tensor:
@@ -734,6 +771,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--kl-batch", type=int, default=None, help="KL rows per step (default batch-size // 2)")
     p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the cached encoder frames as they are (default: perturb them, see augment_frames)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
@@ -756,7 +795,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
 _DATA_KEYS = ("n_train", "n_val", "lm_fraction", "real_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
-               "weight_decay", "warmup")
+               "weight_decay", "warmup", "augment")
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -813,11 +852,13 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             if step < args.ctc_steps:
                 items = [train[i] for i in batch_indices(args.seed, step, args.ctc_batch_size, len(train))]
+                items = augmented(stack, items, args.seed, step) if args.augment else items
                 losses = {"ctc": ctc_loss(stack, project(projector, [it["enc"] for it in items]), items, vocab)}
                 loss = losses["ctc"]
             else:
                 batch = batch_indices(args.seed, step - args.ctc_steps, args.batch_size, len(train))
                 items = [train[i] for i in batch]
+                items = augmented(stack, items, args.seed, step) if args.augment else items
                 losses = loss_for(stack, projector, items, args.kl_batch, prompts, vocab)
                 loss = losses["ce"] + args.kl_weight * losses["kl"] + args.ctc_weight * losses["ctc"]
             values = {k: float(v.detach()) for k, v in (("loss", loss), *losses.items())}

@@ -93,8 +93,7 @@ def test_ctc_head_reads_token_embeddings_back_and_scores_them_low() -> None:
     rows = [row for t in item["tokens"] for row in (embeddings[t], blank)]
     audio = 8 * torch.stack(rows)  # scaled so the softmax over the vocabulary is peaked
     assert tp.ctc_read(stack, audio, len(rows), vocab) == text
-    mel_frames = 2 * 8 * len(rows)  # encoder downsampling 2, stack 8: exactly len(rows) audio positions
-    item["mel_frames"] = mel_frames
+    item["enc"] = torch.zeros(8 * len(rows), 512)  # stack 8: encoder frames for exactly len(rows) positions
     forward = float(tp.ctc_loss(stack, audio[None], [item], vocab))
     backward = float(tp.ctc_loss(stack, audio.flip(0)[None], [item], vocab))
     assert forward < 0.05 < backward
@@ -120,3 +119,27 @@ def test_loss_curve_figure_draws_both_phases_and_measures_a_rerun(tmp_path, caps
     assert traces["run: ctc (mean of 1)"] == [5.0, 4.0, 1.0] and traces["run: ce (mean of 1)"] == [2.0]
     assert traces["run: validation WER, CTC reading"] == [0.9]
     assert "2 steps shared" in capsys.readouterr().out
+
+
+def test_augment_frames_is_seeded_leaves_room_for_ctc_and_keeps_the_cache() -> None:
+    """The training-time perturbation: a function of (seed, step, row), lengths within the speed range, enough
+    audio positions for the transcript, some values zeroed, scale kept, and the cached frames untouched."""
+    tp = load_script("train_projector")
+    g = torch.Generator().manual_seed(0)
+    periods, phases = 20 + 80 * torch.rand(512, generator=g), 6.3 * torch.rand(512, generator=g)
+    enc = torch.sin(2 * torch.pi * torch.arange(300.0)[:, None] / periods + phases).half()  # smooth, like states
+    cached = enc.clone()
+    first = tp.augment_frames(enc, 20, 8, 0, 5, 1)
+    assert torch.equal(first, tp.augment_frames(enc, 20, 8, 0, 5, 1)) and torch.equal(enc, cached)
+    assert not torch.equal(first, tp.augment_frames(enc, 20, 8, 0, 6, 1))
+    assert not torch.equal(first, tp.augment_frames(enc, 20, 8, 1, 5, 1))
+    lengths = [tp.augment_frames(enc, 20, 8, 0, s, 0).shape[0] for s in range(60)]
+    assert 0.9 * 293 <= min(lengths) and max(lengths) <= 1.2 * 300 + 1 and len(set(lengths)) > 20
+    assert min(lengths) < 290 and max(lengths) > 330  # both slower and faster than the original
+    # A transcript of 34 tokens fills 300 frames (38 positions): it is never squeezed past 0.9 per position.
+    for s in range(60):
+        positions = -(-tp.augment_frames(enc, 34, 8, 0, s, 0).shape[0] // 8)
+        assert 34 / positions <= 0.9
+    zeroed = float((first == 0).float().mean())
+    assert 0.08 < zeroed < 0.2
+    assert float(first.abs().mean()) == pytest.approx(float(enc.float().abs().mean()), rel=0.15)
