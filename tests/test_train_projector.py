@@ -26,7 +26,8 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     tp = load_script("train_projector")
     common = ["--n-train", "4", "--n-val", "2", "--ctc-steps", "2", "--ctc-batch-size", "3", "--steps", "3",
               "--batch-size", "2", "--kl-batch", "1",
-              "--lm-fraction", "0.5", "--eval-every", "2", "--eval-items", "1", "--threads", "1", "--seed", "0"]
+              "--lm-fraction", "0.5", "--eval-every", "2", "--eval-items", "1", "--threads", "1", "--seed", "0",
+              "--augment"]
     a, b = tmp_path / "a", tmp_path / "b"
     exported = tmp_path / "out" / "projector.safetensors"
     result = tp.main(["--work", str(a), *common, "--export", str(exported)])
