@@ -640,10 +640,6 @@ def audio_positions(stack, item: dict) -> int:
     return math.ceil(item["enc"].shape[0] / stack["model"].config.stack_factor)
 
 
-def audio_lengths(stack, items: list[dict]) -> list[int]:
-    return [audio_positions(stack, it) for it in items]
-
-
 def ctc_loss(stack, audio: Tensor, items: list[dict], vocab: Tensor) -> Tensor:
     """CTC of the transcripts' tokens over the audio positions, each row's loss per target token, averaged.
 
@@ -655,7 +651,7 @@ def ctc_loss(stack, audio: Tensor, items: list[dict], vocab: Tensor) -> Tensor:
     keep = [r for r, t in enumerate(targets) if len(t) and bool((t > 0).all())]
     if not keep:
         return audio.sum() * 0
-    lengths = audio_lengths(stack, items)
+    lengths = [audio_positions(stack, it) for it in items]
     logp = torch.log_softmax(ctc_logits(stack, audio[keep], vocab).float(), dim=-1)
     return F.ctc_loss(logp.transpose(0, 1), torch.cat([targets[r] for r in keep]),
                       torch.tensor([lengths[r] for r in keep]),
@@ -702,7 +698,7 @@ def evaluate(stack, projector, items: list[dict], vocab: Tensor) -> tuple[dict, 
     hyps, ctc_hyps = [], []
     for it in items:
         audio = project(projector, [it["enc"]])
-        ctc_hyps.append(ctc_read(stack, audio[0], audio_lengths(stack, [it])[0], vocab))
+        ctc_hyps.append(ctc_read(stack, audio[0], audio_positions(stack, it), vocab))
         embeds, mask, _ = build_rows(stack, audio, [it], [REPEAT_PROMPT], [[]])
         out = lm.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, pad_token_id=stack["pad_id"],
                           max_new_tokens=2 * len(it["text"].split()) + 4)
