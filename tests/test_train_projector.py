@@ -17,6 +17,25 @@ from tests.helpers import load_script
 pytestmark = pytest.mark.slow
 
 
+_WORDNET_LINES = {
+    "noun": ['  1 This software and database is being provided to you, the LICENSEE, by Princeton University.',
+             '00002137 04 n 02 abstraction 0 | a general concept; "the lighthouse keeper painted the railings '
+             'every spring"; "too short"',
+             '00002452 03 n 01 thing 0 | a separate entity; "a gull circled slowly above the fishing boats"'],
+    "verb": ['00001740 29 v 01 breathe 0 | draw air; "she breathed the cold air of the mountain deeply"'],
+    "adj": ['00001740 00 a 01 able 0 | having the means; "able to get a grip on the wet rock at last."'],
+    "adv": ['00001740 02 r 01 quickly 0 | rapidly; "the 3 children ran quickly down to the river bank"'],
+}
+
+
+def _wordnet(root: Path) -> Path:
+    """A WordNet-format dict folder holding a few glosses (licence line, examples too short, with digits)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for part, lines in _WORDNET_LINES.items():
+        (root / f"data.{part}").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return root
+
+
 def _losses(work: Path) -> list[tuple[int, float, float | None, float | None, float]]:
     lines = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     return [(e["step"], e["loss"], e.get("ce"), e.get("kl"), e["ctc"]) for e in lines if "loss" in e]
@@ -27,7 +46,7 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     common = ["--n-train", "4", "--n-val", "2", "--ctc-steps", "2", "--ctc-batch-size", "3", "--steps", "3",
               "--batch-size", "2", "--kl-batch", "1",
               "--lm-fraction", "0.5", "--eval-every", "2", "--eval-items", "1", "--threads", "1", "--seed", "0",
-              "--augment"]
+              "--augment", "--n-extra", "2", "--wordnet", str(_wordnet(tmp_path / "wordnet"))]
     a, b = tmp_path / "a", tmp_path / "b"
     exported = tmp_path / "out" / "projector.safetensors"
     result = tp.main(["--work", str(a), *common, "--export", str(exported)])
@@ -40,18 +59,29 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     for entry in steps[:2]:
         assert {"step", "loss", "ctc", "lr", "items_per_s", "elapsed_s"} <= set(entry) and "ce" not in entry
         assert entry["loss"] == entry["ctc"] > 0
-    for entry in steps[2:]:
+    pool = tp.load_split(a, "train") + tp.load_split(a, "extra")
+    for k, entry in enumerate(steps[2:]):
         assert {"step", "loss", "ce", "kl", "ctc", "lr", "items_per_s", "elapsed_s"} <= set(entry)
-        assert entry["kl"] > 0 and entry["ce"] > 0 and entry["ctc"] > 0
+        assert entry["ce"] > 0 and entry["ctc"] > 0
+        # The KL row (--kl-batch 1: the batch's first item) exists only when that item has teacher logits.
+        first = pool[tp.batch_indices(0, k, 2, len(pool))[0]]
+        assert (entry["kl"] > 0) == ("kl_idx" in first)
         assert entry["loss"] == pytest.approx(entry["ce"] + entry["kl"] + 0.5 * entry["ctc"], rel=1e-5)
+    assert any(entry["kl"] > 0 for entry in steps[2:])
     assert any("val_wer" in e and "val_ctc_wer" in e and e["step"] == 2 for e in entries)
     assert any(e.get("final") for e in entries)
     prep = json.loads((a / "prep_stats.json").read_text())
-    assert prep["utterances"] == 6
+    assert prep["utterances"] == 8 and prep["counts"]["extra"] == {"wordnet": 2}
+    # The WordNet extras are spoken and encoded like training items, without teacher logits (no KL rows).
+    extra = tp.load_split(a, "extra")
+    assert len(extra) == 2 and all(it["source"] == "wordnet" and "kl_idx" not in it and it["enc"].shape[1] == 512
+                                   for it in extra)
+    assert {it["text"] for it in extra} <= set(tp.wordnet_sentences(tmp_path / "wordnet", set()))
 
     # The cached data is reused (no second prep), then the run stops at its budget after one step and resumes.
     b.mkdir()
-    shutil.copy(a / "sentences.json", b / "sentences.json")
+    for name in ("sentences.json", "extra_sentences.json"):
+        shutil.copy(a / name, b / name)
     shutil.copytree(a / "shards", b / "shards")
     stopped = tp.main(["--work", str(b), *common, "--max-minutes", "0"])
     assert stopped["step"] == 1 and not stopped["completed"]
@@ -79,6 +109,20 @@ def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None
     assert all(tp._CLEAN.match(s) and 6 <= len(s.split()) <= 25 and s[0].isupper() for s in found)
     assert not any(ch.isdigit() for s in found for ch in s)
     assert tp.real_text_sentences(set(found[:10])) == found[10:]
+
+
+def test_wordnet_sentences_are_the_glosses_examples_made_plain(tmp_path) -> None:
+    """Source (d): the quoted usage examples of WordNet's data files, capitalised and ended with a full stop,
+    same filter as the other sources (6-25 words, no digits); sorted, none in `seen`; no WordNet, one clear exit."""
+    tp = load_script("train_projector")
+    root = _wordnet(tmp_path / "dict")
+    found = tp.wordnet_sentences(root, set())
+    assert found == ["A gull circled slowly above the fishing boats.", "Able to get a grip on the wet rock at last.",
+                     "She breathed the cold air of the mountain deeply.",
+                     "The lighthouse keeper painted the railings every spring."]
+    assert tp.wordnet_sentences(root, {found[0]}) == found[1:]
+    with pytest.raises(SystemExit, match="wordnet-base"):
+        tp.wordnet_sentences(tmp_path / "missing", set())
 
 
 def test_ctc_head_reads_token_embeddings_back_and_scores_them_low() -> None:

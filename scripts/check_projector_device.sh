@@ -1,0 +1,45 @@
+# Device check of scripts/train_projector.py (--device): the tiny stack's toy run, on cuda and on cpu, plus a
+# stop after one step and a resume on cuda; then the per-step losses compared (printed), and the timings.
+#
+# Run on the GPU machine from the repository root, with the toy data prepared beforehand wherever the TTS
+# engines are installed (the GPU machine needs none of them, nor any model weights):
+#   python scripts/train_projector.py --work .gpucheck/tiny --stack tiny-ultravox --n-train 48 --n-val 8 \
+#       --lm-fraction 0 --real-fraction 0.25 --threads 1 --prep-only
+#   OUT=/some/folder bash scripts/check_projector_device.sh [.gpucheck/tiny]
+# Wheels in .whl/ (soundfile, cffi, pycparser where the machine lacks them) are installed first.
+set -u
+work=${1:-.gpucheck/tiny}
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+args="--stack tiny-ultravox --n-train 48 --n-val 8 --lm-fraction 0 --real-fraction 0.25 --ctc-steps 40 --ctc-batch-size 8 --steps 60 --batch-size 8 --kl-batch 4 --eval-every 50 --eval-items 4 --threads 4 --seed 0"
+for run in cuda cpu cuda-resumed; do
+  device=${run%-resumed}
+  rm -rf /tmp/w-$run; cp -r "$work" /tmp/w-$run
+  if [ $run = cuda-resumed ]; then
+    python3 scripts/train_projector.py --work /tmp/w-$run $args --device $device --max-minutes 0 > $OUT/$run-stop.out 2>&1 || { tail -20 $OUT/$run-stop.out; exit 1; }
+  fi
+  start=$SECONDS
+  python3 scripts/train_projector.py --work /tmp/w-$run $args --device $device --export /tmp/w-$run/export/p.safetensors > $OUT/$run.out 2>&1 || { tail -30 $OUT/$run.out; exit 1; }
+  echo "$run: $((SECONDS - start)) s wall"
+  grep -E "validation WER|exported" $OUT/$run.out
+  cp /tmp/w-$run/log.jsonl $OUT/log-$run.jsonl
+  python3 -c "import json; print('$run', json.load(open('/tmp/w-$run/export/p.json'))['training']['hardware'])"
+done
+python3 - <<'PY'
+import json, os
+def losses(run):
+    return {e["step"]: e for e in map(json.loads, open(f"{os.environ['OUT']}/log-{run}.jsonl")) if "loss" in e}
+cuda, cpu, resumed = losses("cuda"), losses("cpu"), losses("cuda-resumed")
+print("steps", len(cuda), len(cpu), len(resumed))
+for name, other in (("cpu", cpu), ("cuda-resumed", resumed)):
+    for key in ("loss", "ctc", "ce", "kl"):
+        d = [abs(cuda[s][key] - other[s][key]) for s in cuda if key in cuda[s]]
+        print(f"cuda vs {name}: max |{key} difference| {max(d):.2e} over {len(d)} steps; cuda first/last {key}",
+              f"{[cuda[s][key] for s in cuda if key in cuda[s]][0]:.4f} / {[cuda[s][key] for s in cuda if key in cuda[s]][-1]:.4f}")
+print("step s (median): cuda", sorted(e["step_s"] for e in cuda.values())[len(cuda)//2],
+      "cpu", sorted(e["step_s"] for e in cpu.values())[len(cpu)//2])
+PY
