@@ -822,7 +822,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="cache, checkpoints and log folder")
     p.add_argument("--stack", choices=["mini-ultravox", "tiny-ultravox"], default="mini-ultravox",
                    help="frozen encoder + LLM (tiny-ultravox: seeded random weights, for smoke tests)")
-    p.add_argument("--device", default="cpu", help="torch device for the frozen models and the projector (cuda: a GPU)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device for the frozen models and the projector (cuda: a GPU)")
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--n-val", type=int, default=120)
     p.add_argument("--lm-fraction", type=float, default=0.35, help="share of training sentences from SmolLM2")
@@ -869,12 +870,17 @@ _DATA_KEYS = ("stack", "n_train", "n_extra", "n_val", "lm_fraction", "real_fract
               "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
                "weight_decay", "warmup", "augment")
+# Keys added after the first work folders were made, with the value those folders had without naming it.
+_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "augment": False}
 
 
 def _lock_config(path: Path, config: dict) -> None:
-    """Record `config` in `path`, or refuse when the folder was made with other values."""
-    if path.exists() and json.loads(path.read_text()) != config:
-        raise SystemExit(f"{path} differs from these arguments ({config}); use a new --work folder")
+    """Record `config` in `path`, or refuse when the folder was made with other values (a key added since
+    the folder was made counts as its value of then, _ADDED_KEYS)."""
+    if path.exists():
+        recorded = {**{k: v for k, v in _ADDED_KEYS.items() if k in config}, **json.loads(path.read_text())}
+        if recorded != config:
+            raise SystemExit(f"{path} differs from these arguments ({config}); use a new --work folder")
     _atomic_write_text(path, json.dumps(config, indent=1))
 
 

@@ -125,6 +125,18 @@ def test_wordnet_sentences_are_the_glosses_examples_made_plain(tmp_path) -> None
         tp.wordnet_sentences(tmp_path / "missing", set())
 
 
+def test_work_folders_made_before_a_key_existed_still_resume(tmp_path) -> None:
+    """A config recorded before --stack, --n-extra and --augment existed matches their values of then only."""
+    tp = load_script("train_projector")
+    path = tmp_path / "data_config.json"
+    path.write_text(json.dumps({"n_train": 3000, "seed": 0}))
+    tp._lock_config(path, {"stack": "mini-ultravox", "n_train": 3000, "n_extra": 0, "seed": 0})
+    assert json.loads(path.read_text())["n_extra"] == 0  # now recorded
+    path.write_text(json.dumps({"n_train": 3000, "seed": 0}))
+    with pytest.raises(SystemExit, match="differs"):
+        tp._lock_config(path, {"stack": "mini-ultravox", "n_train": 3000, "n_extra": 6000, "seed": 0})
+
+
 def test_ctc_head_reads_token_embeddings_back_and_scores_them_low() -> None:
     """Audio positions equal to the transcript's token embeddings, separated by the blank's, read back as the
     transcript; their CTC loss is far below that of the same positions in reverse order."""
