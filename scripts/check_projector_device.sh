@@ -6,7 +6,8 @@
 #   python scripts/train_projector.py --work .gpucheck/tiny --stack tiny-ultravox --n-train 48 --n-val 8 \
 #       --lm-fraction 0 --real-fraction 0.25 --threads 1 --prep-only
 #   OUT=/some/folder bash scripts/check_projector_device.sh [.gpucheck/tiny]
-# Wheels in .whl/ (soundfile, cffi, pycparser where the machine lacks them) are installed first.
+# Wheels in .whl/ (soundfile, cffi, pycparser; platformdirs for bench_projector_step.py), where the machine
+# lacks them, are installed first.
 set -u
 work=${1:-.gpucheck/tiny}
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
