@@ -4,25 +4,21 @@ as ratios against the first (run in the same process).
 The frozen Whisper-base encoder and SmolLM2-135M-Instruct are built from the mini stack's configs with seeded
 random weights: a step's cost does not depend on the weight values, so this runs where the weights cannot go
 (a GPU machine that only receives a small working tree). The items are real cached training items (encoder
-frames, transcripts, teacher top-k) from a work folder's shards. Each step is a full training step: projector
+frames, transcripts, teacher top-k) from a work folder's training shards. Each step is a full training step: projector
 forward, losses (phase 1: CTC; phase 2: cross-entropy + KL + CTC, as train_projector's loss_for), backward,
 AdamW.
 
-  python scripts/bench_projector_step.py --configs ~/.cache/cascade-interp \\
-      --shards 'runs/projector-v2/shards/train-000[01].json' --devices cpu,cuda
+  python scripts/bench_projector_step.py --work runs/projector-v2 --devices cpu,cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
 from interp.models.base import build_seeded
@@ -44,20 +40,6 @@ def shaped_stack(configs: Path, device: str) -> dict:
     return {"model": model, "tokenizer": tokenizer, "pad_id": int(tokenizer.pad_token_id or 0),
             "eos_id": int(tokenizer.eos_token_id), "name": "mini-ultravox (random weights)",
             "device": torch.device(device)}
-
-
-def load_items(pattern: str) -> list[dict]:
-    items = []
-    for meta_path in sorted(glob.glob(pattern)):
-        tensors = load_file(str(Path(meta_path).with_suffix(".safetensors")))
-        for m in json.loads(Path(meta_path).read_text()):
-            m["enc"] = tensors[f"enc.{m['id']}"]
-            if f"kl_idx.{m['id']}" in tensors:
-                m["kl_idx"], m["kl_logp"] = tensors[f"kl_idx.{m['id']}"].long(), tensors[f"kl_logp.{m['id']}"]
-            items.append(m)
-    if not items:
-        raise SystemExit(f"no shard metadata matches {pattern}")
-    return items
 
 
 def seconds_per_step(stack: dict, items: list[dict], phase: int, steps: int, warmup: int) -> float:
@@ -88,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", type=Path, default=Path.home() / ".cache" / "cascade-interp",
                    help="folder holding smollm2-135m-instruct/ and whisper-base/ (config.json, tokenizer files)")
-    p.add_argument("--shards", required=True, help="glob of a work folder's shard .json files (train split)")
+    p.add_argument("--work", type=Path, required=True, help="train_projector.py work folder (its train shards)")
+    p.add_argument("--items", type=int, default=96, help="first N training items to draw batches from")
     p.add_argument("--devices", default="cpu", help="comma-separated torch devices; ratios are against the first")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase (median reported)")
     p.add_argument("--warmup", type=int, default=2)
@@ -96,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    items = load_items(args.shards)
+    items = tp.load_split(args.work, "train")[:args.items]
+    if not items:
+        raise SystemExit(f"no training shards in {args.work / 'shards'}")
     results = {}
     for device in args.devices.split(","):
         stack = shaped_stack(args.configs, device)
