@@ -813,7 +813,7 @@ def read_log(work: Path) -> list[dict]:
 def export(path: Path, projector, card: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in projector.state_dict().items()}, str(path),
-              metadata={"format": "pt", "model": "mini-ultravox projector"})
+              metadata={"format": "pt", "model": card["model"].split(" (")[0]})
     _atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=1))
 
 
