@@ -52,11 +52,7 @@ def seconds_per_step(stack: dict, items: list[dict], phase: int, steps: int, war
     for step in range(warmup + steps):
         batch = [items[i] for i in tp.batch_indices(0, step, size, len(items))]
         t0 = time.perf_counter()
-        if phase == 1:
-            loss = tp.ctc_loss(stack, tp.project(projector, [it["enc"] for it in batch]), batch, vocab)
-        else:
-            losses = tp.loss_for(stack, projector, batch, 2, prompts, vocab)
-            loss = losses["ce"] + losses["kl"] + 0.5 * losses["ctc"]
+        loss, _ = tp.step_loss(stack, projector, batch, vocab, distil=phase == 2, kl_batch=2, prompts=prompts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -442,23 +442,29 @@ def make_sentences(args, stack, work: Path) -> dict:
     assert not banned & {s for _, s in train + val}
     order = rng.permutation(len(train))
     train = [train[i] for i in order]
-    from interp.data.tts import settings_to_dict, vary_settings
+    from interp.data.tts import vary_settings
 
     prompts = kl_prompts()
     items = {"train": [], "val": []}
     for split, sentences in (("train", train), ("val", val)):
         voice_rng = np.random.default_rng([args.seed, 2 if split == "train" else 3])
         for index, (source, text) in enumerate(sentences):
-            engine = "piper" if voice_rng.random() < args.piper_fraction else "espeak"
-            settings = vary_settings(engine, voice_rng) if split == "train" else val_settings(engine, voice_rng)
-            items[split].append({"id": f"{split}-{index:05d}", "text": text, "source": source, "engine": engine,
-                                 "settings": settings_to_dict(settings),
+            voice = pick_voice(voice_rng, args.piper_fraction, vary_settings if split == "train" else val_settings)
+            items[split].append({"id": f"{split}-{index:05d}", "text": text, "source": source, **voice,
                                  "kl_prompt": int(voice_rng.integers(len(prompts)))})
     data = {"spec": spec, "items": items, "seconds": time.perf_counter() - start,
             "counts": {split: {src: sum(1 for it in items[split] if it["source"] == src)
                                for src in {it["source"] for it in items[split]}} for split in items}}
     _atomic_write_text(path, json.dumps(data, indent=1))
     return data
+
+
+def pick_voice(rng: np.random.Generator, piper_fraction: float, vary) -> dict:
+    """An utterance's TTS engine (piper with probability piper_fraction) and its settings drawn by `vary`."""
+    from interp.data.tts import settings_to_dict
+
+    engine = "piper" if rng.random() < piper_fraction else "espeak"
+    return {"engine": engine, "settings": settings_to_dict(vary(engine, rng))}
 
 
 def make_extra_sentences(args, work: Path, data: dict) -> list[dict]:
@@ -478,13 +484,10 @@ def make_extra_sentences(args, work: Path, data: dict) -> list[dict]:
         raise SystemExit(f"--n-extra {args.n_extra}: WordNet gives only {len(found)} new sentences")
     rng = np.random.default_rng([args.seed, 4])
     picked = [found[i] for i in sorted(rng.choice(len(found), size=args.n_extra, replace=False))]
-    from interp.data.tts import settings_to_dict, vary_settings
+    from interp.data.tts import vary_settings
 
-    items = []
-    for index, text in enumerate(picked):
-        engine = "piper" if rng.random() < args.piper_fraction else "espeak"
-        items.append({"id": f"extra-{index:05d}", "text": text, "source": "wordnet", "engine": engine,
-                      "settings": settings_to_dict(vary_settings(engine, rng))})
+    items = [{"id": f"extra-{index:05d}", "text": text, "source": "wordnet",
+              **pick_voice(rng, args.piper_fraction, vary_settings)} for index, text in enumerate(picked)]
     _atomic_write_text(path, json.dumps({"spec": spec, "available": len(found), "items": items}, indent=1))
     return items
 
@@ -754,6 +757,17 @@ def loss_for(stack, projector, items: list[dict], kl_batch: int, prompts: list[s
     return {"ce": ce, "kl": kl, "ctc": ctc}
 
 
+def step_loss(stack, projector, items: list[dict], vocab: Tensor, *, distil: bool, kl_batch: int = 0,
+              kl_weight: float = 1.0, ctc_weight: float = 0.5, prompts: list[str] | tuple = ()) -> tuple[Tensor, dict]:
+    """A training step's loss and its parts: phase 1 (distil False) CTC alone; phase 2
+    ce + kl_weight * kl + ctc_weight * ctc (loss_for)."""
+    if not distil:
+        losses = {"ctc": ctc_loss(stack, project(projector, [it["enc"] for it in items]), items, vocab)}
+        return losses["ctc"], losses
+    losses = loss_for(stack, projector, items, kl_batch, prompts, vocab)
+    return losses["ce"] + kl_weight * losses["kl"] + ctc_weight * losses["ctc"], losses
+
+
 @torch.no_grad()
 def evaluate(stack, projector, items: list[dict], vocab: Tensor) -> tuple[dict, list[dict]]:
     """WER of greedy 'repeat' generation through the student, one item at a time, and of the CTC head's reading."""
@@ -930,16 +944,14 @@ def main(argv: list[str] | None = None) -> dict:
         while step < total:
             t0 = time.perf_counter()
             if step < args.ctc_steps:
-                items = [train[i] for i in batch_indices(args.seed, step, args.ctc_batch_size, len(train))]
-                items = augmented(stack, items, args.seed, step) if args.augment else items
-                losses = {"ctc": ctc_loss(stack, project(projector, [it["enc"] for it in items]), items, vocab)}
-                loss = losses["ctc"]
+                batch = batch_indices(args.seed, step, args.ctc_batch_size, len(train))
             else:
                 batch = batch_indices(args.seed, step - args.ctc_steps, args.batch_size, len(train))
-                items = [train[i] for i in batch]
-                items = augmented(stack, items, args.seed, step) if args.augment else items
-                losses = loss_for(stack, projector, items, args.kl_batch, prompts, vocab)
-                loss = losses["ce"] + args.kl_weight * losses["kl"] + args.ctc_weight * losses["ctc"]
+            items = [train[i] for i in batch]
+            items = augmented(stack, items, args.seed, step) if args.augment else items
+            loss, losses = step_loss(stack, projector, items, vocab, distil=step >= args.ctc_steps,
+                                     kl_batch=args.kl_batch, kl_weight=args.kl_weight, ctc_weight=args.ctc_weight,
+                                     prompts=prompts)
             values = {k: float(v.detach()) for k, v in (("loss", loss), *losses.items())}
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
