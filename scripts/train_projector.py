@@ -51,6 +51,9 @@ Stages, all under --work and each skipped when its output is already there (so a
    generated "repeat" worse (0.690 -> 0.752), docs/mini-ultravox/MODEL_CARD.md.
    Batches and their perturbations are a deterministic function of (seed, step), so resuming from a
    checkpoint continues exactly.
+   --init PATH starts from an exported projector instead of a fresh one (recorded with its sha256 in
+   train_config.json and the card): with --ctc-steps 0 it continues distillation of an earlier run, e.g. on
+   its own data in a work folder holding links to that run's shards.
 4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
    validation items, WER (interp.text_metrics) logged ("val_wer"), beside the WER of the CTC head's greedy
    reading of the same audio ("val_ctc_wer"); at the end on all validation items.
@@ -72,6 +75,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -860,6 +864,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--augment", action="store_true",
                    help="perturb the training encoder frames at each step (see augment_frames; default: as cached)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this exported projector (safetensors) instead of a fresh one, e.g. to "
+                        "continue distillation with --ctc-steps 0")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
@@ -883,9 +890,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 _DATA_KEYS = ("stack", "n_train", "n_extra", "n_val", "lm_fraction", "real_fraction", "piper_fraction", "top_k",
               "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
-               "weight_decay", "warmup", "augment")
+               "weight_decay", "warmup", "augment", "init")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "augment": False}
+_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "augment": False, "init": None}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -901,6 +908,8 @@ def _lock_config(path: Path, config: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args = parse_args(argv)
+    if args.init is not None and not args.init.is_file():
+        raise SystemExit(f"--init {args.init}: no such file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     work: Path = args.work
@@ -913,9 +922,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.prep_only:
         return {"train": len(train), "val": len(val), "prep": stats}
     config = {k: getattr(args, k) for k in _DATA_KEYS + _TRAIN_KEYS}
+    if args.init is not None:
+        config["init"] = f"{args.init} (sha256 {hashlib.sha256(args.init.read_bytes()).hexdigest()[:16]})"
     _lock_config(work / "train_config.json", config)
 
     projector = fresh_projector(stack, args.seed)
+    if args.init is not None:
+        projector.load_state_dict(load_file(str(args.init)), strict=True)
     params = [p for p in projector.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     total = args.ctc_steps + args.steps

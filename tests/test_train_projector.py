@@ -91,6 +91,20 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     # Same seed → identical losses, and the resumed run continues exactly where the first left off.
     assert _losses(b) == _losses(a)
 
+    # --init: a run that starts from the exported projector (lr 0, so one step leaves it as it was).
+    c = tmp_path / "c"
+    c.mkdir()
+    for name in ("sentences.json", "extra_sentences.json"):
+        shutil.copy(a / name, c / name)
+    (c / "shards").symlink_to(a / "shards")
+    continued = [*common, "--init", str(exported), "--ctc-steps", "0", "--steps", "1", "--lr", "0", "--no-final-eval"]
+    assert tp.main(["--work", str(c), *continued])["step"] == 1
+    assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
+        {k: v.tolist() for k, v in load_file(str(exported)).items()}
+    assert json.loads((c / "train_config.json").read_text())["init"].startswith(f"{exported} (sha256 ")
+    with pytest.raises(SystemExit, match="no such file"):
+        tp.main(["--work", str(tmp_path / "d"), *common, "--init", str(tmp_path / "missing.safetensors")])
+
     state = load_file(str(exported))
     projector = UltravoxProjector(tp.load_stack()["model"].config)
     projector.load_state_dict(state, strict=True)
