@@ -6,6 +6,9 @@ the student's "repeat" generation and, where logged, the CTC head's greedy readi
 Prints, for runs after the first, the largest absolute difference of their per-step losses from the first
 run's over the steps they share: 0.0 means the rerun retraced the first run exactly.
 
+A run continued from another's export (train_projector.py --init) is named after it with "+":
+runs/a+runs/b draws b's steps after a's last one.
+
 Usage: python scripts/plot_projector_training.py runs/projector runs/projector-rerun \
            --out docs/mini-ultravox/loss_curve.html
 """
@@ -27,6 +30,15 @@ def read_log(work: Path) -> list[dict]:
     if not path.exists():
         raise SystemExit(f"{path} is missing: not a train_projector.py work folder")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_chain(name: str) -> list[dict]:
+    """Logs of "a+b+...": each run's steps numbered on from the last step of the runs before it."""
+    out: list[dict] = []
+    for part in name.split("+"):
+        offset = max((e["step"] for e in out), default=0)
+        out += [{**e, "step": e["step"] + offset} for e in read_log(Path(part))]
+    return out
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -62,11 +74,11 @@ def figure(runs: dict[str, list[dict]], smooth: int) -> go.Figure:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("works", type=Path, nargs="+", help="train_projector.py work folders")
+    parser.add_argument("works", nargs="+", help="train_projector.py work folders (a+b: b continued from a)")
     parser.add_argument("--out", type=Path, required=True, help="HTML file (plotly.js from its CDN)")
     parser.add_argument("--smooth", type=int, default=25, help="moving-average window in steps")
     args = parser.parse_args(argv)
-    runs = {str(work): read_log(work) for work in args.works}
+    runs = {work: read_chain(work) for work in args.works}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure(runs, args.smooth).write_html(args.out, include_plotlyjs="cdn")
     first = {e["step"]: e["loss"] for e in next(iter(runs.values())) if "loss" in e}

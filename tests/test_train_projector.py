@@ -190,6 +190,9 @@ def test_loss_curve_figure_draws_both_phases_and_measures_a_rerun(tmp_path, caps
     assert traces["run: ctc (mean of 1)"] == [5.0, 4.0, 1.0] and traces["run: ce (mean of 1)"] == [2.0]
     assert traces["run: validation WER, CTC reading"] == [0.9]
     assert "2 steps shared" in capsys.readouterr().out
+    # A continued run (--init) is drawn after the one it started from: "run+same" numbers same's steps 4, 5.
+    chained = plot.read_chain(f"{runs['run']}+{runs['same']}")
+    assert [(e["step"], e.get("loss")) for e in chained][4:] == [(4, 5.0), (5, 4.0)]
 
 
 def test_augment_frames_is_seeded_leaves_room_for_ctc_and_keeps_the_cache() -> None:
