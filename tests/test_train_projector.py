@@ -113,6 +113,12 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     card = json.loads(exported.with_suffix(".json").read_text())
     assert card["training"]["steps_done"] == 5 and card["val_wer"] is not None and card["val_ctc_wer"] is not None
 
+    # projector_fit_gap.py: its held-out figures of the exported projector are the run's final validation.
+    gap = load_script("projector_fit_gap").main([str(exported), "--work", str(a), "--items", "2", "--threads", "1"])
+    figures = gap[str(exported)]
+    assert figures["held-out"]["val_wer"] == card["val_wer"] and figures["held-out"]["val_ctc_wer"] == card["val_ctc_wer"]
+    assert figures["train"]["items"] == 2 and {s["id"] for s in figures["train"]["samples"]} <= {it["id"] for it in pool}
+
 
 def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None:
     """Source (c): real English sentences from the Python reference and package descriptions, filtered like
