@@ -1,8 +1,8 @@
 """Training-set against held-out WER of exported mini-ultravox projectors: memorisation or under-fitting?
 
-For each projector, the "repeat" generation and the CTC head's reading (train_projector.evaluate) on the
-first --items training utterances of a train_projector.py work folder and on its first --items held-out
-ones. A low training WER beside a high held-out one means the projector memorises its data (more or other
+For each projector, the "repeat" generation and the CTC head's reading (train_projector.evaluate) on
+--items training utterances of a train_projector.py work folder and on --items held-out ones, each spread
+evenly over its split (so both mix the split's sources as the split does). A low training WER beside a high held-out one means the projector memorises its data (more or other
 data helps); a high training WER means it under-fits (more steps or capacity help).
 
 Usage: python scripts/projector_fit_gap.py --work runs/projector-v4 \
@@ -23,6 +23,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_projector as tp  # noqa: E402
 
 
+def spread(items: list[dict], n: int) -> list[dict]:
+    """n items evenly spaced over `items` (all of them when n >= len(items))."""
+    if n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def by_source(items: list[dict], samples: list[dict]) -> dict[str, dict]:
+    """The two WERs per source (template, lm, real, wordnet, ...) of evaluated items."""
+    from interp.text_metrics import word_error_rate
+
+    groups: dict[str, list[dict]] = {}
+    for item, sample in zip(items, samples):
+        groups.setdefault(item["source"], []).append(sample)
+    return {source: {"items": len(group),
+                     "val_wer": word_error_rate([x["ref"] for x in group], [x["hyp"] for x in group]),
+                     "val_ctc_wer": word_error_rate([x["ref"] for x in group], [x["ctc"] for x in group])}
+            for source, group in sorted(groups.items())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("projectors", type=Path, nargs="+", help="exported projector safetensors")
@@ -40,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     config = json.loads((args.work / "data_config.json").read_text())
     stack = tp.load_stack(config.get("stack", "mini-ultravox"))
     train = tp.load_split(args.work, "train") + tp.load_split(args.work, "extra")
-    splits = {"train": train[:args.items], "held-out": tp.load_split(args.work, "val")[:args.items]}
+    splits = {"train": spread(train, args.items), "held-out": spread(tp.load_split(args.work, "val"), args.items)}
     vocab = tp.ctc_vocabulary(stack, train)
     results = {}
     for path in args.projectors:
@@ -49,9 +69,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         results[str(path)] = {}
         for split, items in splits.items():
             wers, samples = tp.evaluate(stack, projector, items, vocab)
-            results[str(path)][split] = {**wers, "items": len(items), "samples": samples}
+            results[str(path)][split] = {**wers, "items": len(items), "by_source": by_source(items, samples),
+                                         "samples": samples}
             print(f"{path} {split} ({len(items)} utterances): repeat WER {wers['val_wer']:.3f}, "
                   f"CTC reading {wers['val_ctc_wer']:.3f}")
+            for source, figures in results[str(path)][split]["by_source"].items():
+                print(f"    {source:<18} n={figures['items']:>3}  repeat WER {figures['val_wer']:.3f}, "
+                      f"CTC reading {figures['val_ctc_wer']:.3f}")
     if args.out:
         from interp.provenance import provenance
 

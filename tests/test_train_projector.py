@@ -114,10 +114,16 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert card["training"]["steps_done"] == 5 and card["val_wer"] is not None and card["val_ctc_wer"] is not None
 
     # projector_fit_gap.py: its held-out figures of the exported projector are the run's final validation.
-    gap = load_script("projector_fit_gap").main([str(exported), "--work", str(a), "--items", "2", "--threads", "1"])
+    fit_gap = load_script("projector_fit_gap")
+    assert fit_gap.spread(list(range(9)), 3) == [0, 3, 6] and fit_gap.spread([1, 2], 5) == [1, 2]
+    gap = fit_gap.main([str(exported), "--work", str(a), "--items", "2", "--threads", "1"])
     figures = gap[str(exported)]
     assert figures["held-out"]["val_wer"] == card["val_wer"] and figures["held-out"]["val_ctc_wer"] == card["val_ctc_wer"]
     assert figures["train"]["items"] == 2 and {s["id"] for s in figures["train"]["samples"]} <= {it["id"] for it in pool}
+    sources = figures["train"]["by_source"]
+    assert sum(f["items"] for f in sources.values()) == 2 and set(sources) <= {"template", "lm", "real", "wordnet"}
+    held_out = figures["held-out"]["by_source"]
+    assert sum(f["items"] for f in held_out.values()) == 2 and set(held_out) <= {"template-heldout", "lm-heldout"}
 
 
 def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None:
