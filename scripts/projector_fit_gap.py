@@ -2,11 +2,13 @@
 
 For each projector, the "repeat" generation and the CTC head's reading (train_projector.evaluate) on
 --items training utterances of a train_projector.py work folder and on --items held-out ones, each spread
-evenly over its split (so both mix the split's sources as the split does). A low training WER beside a high held-out one means the projector memorises its data (more or other
-data helps); a high training WER means it under-fits (more steps or capacity help).
+evenly over its split (so both mix the split's sources as the split does), with per-source figures. A low
+training WER beside a high held-out one means the projector memorises its data (more or other data helps);
+a high training WER means it under-fits (more steps or capacity help).
 
 Usage: python scripts/projector_fit_gap.py --work runs/projector-v4 \
-           interp/resources/mini_ultravox_projector.safetensors runs/projector-v5/export/mini_ultravox_projector.safetensors
+           runs/projector-v2/export/mini_ultravox_projector.safetensors \
+           interp/resources/mini_ultravox_projector.safetensors
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     torch.set_num_threads(args.threads)
     config = json.loads((args.work / "data_config.json").read_text())
     stack = tp.load_stack(config.get("stack", "mini-ultravox"))
-    train = tp.load_split(args.work, "train") + tp.load_split(args.work, "extra")
+    train = tp.training_pool(args.work)
     splits = {"train": spread(train, args.items), "held-out": spread(tp.load_split(args.work, "val"), args.items)}
     vocab = tp.ctc_vocabulary(stack, train)
     results = {}

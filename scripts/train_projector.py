@@ -591,6 +591,12 @@ def load_split(work: Path, split: str) -> list[dict]:
     return out
 
 
+def training_pool(work: Path) -> list[dict]:
+    """The items training draws its batches from (and its CTC vocabulary): the main training split, then
+    the --n-extra utterances."""
+    return load_split(work, "train") + load_split(work, "extra")
+
+
 def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
     stats_path = work / "prep_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {
@@ -606,7 +612,7 @@ def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
         stats["counts"] = {**data["counts"], "extra": {"wordnet": args.n_extra}}
     stats["last_prep_call_s"] = time.perf_counter() - t0
     _atomic_write_text(stats_path, json.dumps(stats, indent=1))
-    return load_split(work, "train") + load_split(work, "extra"), load_split(work, "val"), stats
+    return training_pool(work), load_split(work, "val"), stats
 
 
 # ---------------------------------------------------------------------------------------------- training

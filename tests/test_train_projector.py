@@ -59,7 +59,7 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     for entry in steps[:2]:
         assert {"step", "loss", "ctc", "lr", "items_per_s", "elapsed_s"} <= set(entry) and "ce" not in entry
         assert entry["loss"] == entry["ctc"] > 0
-    pool = tp.load_split(a, "train") + tp.load_split(a, "extra")
+    pool = tp.training_pool(a)
     for k, entry in enumerate(steps[2:]):
         assert {"step", "loss", "ce", "kl", "ctc", "lr", "items_per_s", "elapsed_s"} <= set(entry)
         assert entry["ce"] > 0 and entry["ctc"] > 0
@@ -118,8 +118,10 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert fit_gap.spread(list(range(9)), 3) == [0, 3, 6] and fit_gap.spread([1, 2], 5) == [1, 2]
     gap = fit_gap.main([str(exported), "--work", str(a), "--items", "2", "--threads", "1"])
     figures = gap[str(exported)]
-    assert figures["held-out"]["val_wer"] == card["val_wer"] and figures["held-out"]["val_ctc_wer"] == card["val_ctc_wer"]
-    assert figures["train"]["items"] == 2 and {s["id"] for s in figures["train"]["samples"]} <= {it["id"] for it in pool}
+    held_out_figures = figures["held-out"]
+    assert held_out_figures["val_wer"] == card["val_wer"] and held_out_figures["val_ctc_wer"] == card["val_ctc_wer"]
+    assert figures["train"]["items"] == 2
+    assert {s["id"] for s in figures["train"]["samples"]} <= {it["id"] for it in pool}
     sources = figures["train"]["by_source"]
     assert sum(f["items"] for f in sources.values()) == 2 and set(sources) <= {"template", "lm", "real", "wordnet"}
     held_out = figures["held-out"]["by_source"]
