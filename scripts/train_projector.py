@@ -17,6 +17,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    (short everyday sentences over a wide vocabulary: a few thousand of them cut the share of held-out words
    holding a token no training transcript has from 17 % to 5 %). They get no teacher logits, so they join
    the CTC and "repeat" rows but never the KL rows (raise --kl-batch to keep as many KL rows per step).
+   --n-extra-2 M adds M more from the sentences --n-extra left (extra_sentences_2.json, shards extra2-*), so
+   a folder holding links to an earlier folder's shards grows without preparing them again.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
@@ -471,26 +473,35 @@ def pick_voice(rng: np.random.Generator, piper_fraction: float, vary) -> dict:
     return {"engine": engine, "settings": settings_to_dict(vary(engine, rng))}
 
 
-def make_extra_sentences(args, work: Path, data: dict) -> list[dict]:
-    """extra_sentences.json: --n-extra more training utterances of WordNet's usage examples, for vocabulary
-    (no teacher logits: they join the CTC and "repeat" rows, not the KL rows). Kept apart from
-    sentences.json so that a folder's main data stays as it was made."""
-    path = work / "extra_sentences.json"
+def make_extra_sentences(args, work: Path, data: dict, block: int = 1) -> list[dict]:
+    """The WordNet usage examples spoken for vocabulary (no teacher logits: they join the CTC and "repeat"
+    rows, not the KL rows): block 1 is --n-extra of them (extra_sentences.json), block 2 --n-extra-2 more
+    picked from those block 1 left (extra_sentences_2.json), so that a folder holding links to block 1's
+    shards grows without preparing them again. Kept apart from sentences.json so that a folder's main data
+    stays as it was made."""
+    n, path = (args.n_extra, work / "extra_sentences.json") if block == 1 else \
+        (args.n_extra_2, work / "extra_sentences_2.json")
     spec = {"version": DATA_VERSION, "n_extra": args.n_extra, "seed": args.seed, "wordnet": str(args.wordnet)}
+    if block == 2:
+        spec["n_extra_2"] = args.n_extra_2
     if path.exists():
         extra = json.loads(path.read_text())
         if extra["spec"] != spec:
             raise SystemExit(f"{path} was made with {extra['spec']}, not {spec}: use a new --work folder")
         return extra["items"]
     seen = suite_texts() | {it["text"] for split in data["items"].values() for it in split}
+    if block == 2:
+        seen |= {it["text"] for it in make_extra_sentences(args, work, data)}
     found = wordnet_sentences(args.wordnet, seen)
-    if len(found) < args.n_extra:
-        raise SystemExit(f"--n-extra {args.n_extra}: WordNet gives only {len(found)} new sentences")
-    rng = np.random.default_rng([args.seed, 4])
-    picked = [found[i] for i in sorted(rng.choice(len(found), size=args.n_extra, replace=False))]
+    if len(found) < n:
+        option = "--n-extra" if block == 1 else "--n-extra-2"
+        raise SystemExit(f"{option} {n}: WordNet gives only {len(found)} new sentences")
+    rng = np.random.default_rng([args.seed, 4] if block == 1 else [args.seed, 4, 2])
+    picked = [found[i] for i in sorted(rng.choice(len(found), size=n, replace=False))]
     from interp.data.tts import vary_settings
 
-    items = [{"id": f"extra-{index:05d}", "text": text, "source": "wordnet",
+    prefix = "extra" if block == 1 else "extra2"
+    items = [{"id": f"{prefix}-{index:05d}", "text": text, "source": "wordnet",
               **pick_voice(rng, args.piper_fraction, vary_settings)} for index, text in enumerate(picked)]
     _atomic_write_text(path, json.dumps({"spec": spec, "available": len(found), "items": items}, indent=1))
     return items
@@ -593,8 +604,8 @@ def load_split(work: Path, split: str) -> list[dict]:
 
 def training_pool(work: Path) -> list[dict]:
     """The items training draws its batches from (and its CTC vocabulary): the main training split, then
-    the --n-extra utterances."""
-    return load_split(work, "train") + load_split(work, "extra")
+    the --n-extra utterances, then the --n-extra-2 ones."""
+    return load_split(work, "train") + load_split(work, "extra") + load_split(work, "extra2")
 
 
 def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
@@ -610,6 +621,9 @@ def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
     if args.n_extra:
         prepare_split(args, stack, work, "extra", make_extra_sentences(args, work, data), stats)
         stats["counts"] = {**data["counts"], "extra": {"wordnet": args.n_extra}}
+    if args.n_extra_2:
+        prepare_split(args, stack, work, "extra2", make_extra_sentences(args, work, data, block=2), stats)
+        stats["counts"]["extra"]["wordnet_2"] = args.n_extra_2
     stats["last_prep_call_s"] = time.perf_counter() - t0
     _atomic_write_text(stats_path, json.dumps(stats, indent=1))
     return training_pool(work), load_split(work, "val"), stats
@@ -855,6 +869,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="share of training sentences from real text on disk (Python reference, package descriptions)")
     p.add_argument("--n-extra", type=int, default=0,
                    help="more training utterances from WordNet's usage examples, without teacher logits")
+    p.add_argument("--n-extra-2", type=int, default=0,
+                   help="a second block of WordNet utterances, from those --n-extra left: grows a folder that "
+                        "links an earlier folder's --n-extra shards without preparing them again")
     p.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"),
                    help="WordNet 3.0 dict folder (data.noun, ...) for --n-extra")
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
@@ -887,18 +904,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prep-only", action="store_true", help="stop after data preparation")
     p.add_argument("--no-final-eval", action="store_true", help="skip the full validation WER at the end")
     args = p.parse_args(argv)
+    if args.n_extra_2 and not args.n_extra:
+        p.error("--n-extra-2 needs --n-extra (it picks from the WordNet sentences that block left)")
     args.kl_batch = args.batch_size // 2 if args.kl_batch is None else args.kl_batch
     args.warmup = max(1, round(0.05 * args.steps)) if args.warmup is None else args.warmup
     return args
 
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
-_DATA_KEYS = ("stack", "n_train", "n_extra", "n_val", "lm_fraction", "real_fraction", "piper_fraction", "top_k",
-              "kl_max_tokens", "seed")
+_DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_val", "lm_fraction", "real_fraction", "piper_fraction",
+              "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
                "weight_decay", "warmup", "augment", "init")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "augment": False, "init": None}
+_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "augment": False, "init": None}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -1026,7 +1045,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside "
                                 "those ranges",
                          "real_text": "Python language reference (pydoc_data) and installed packages' descriptions"
-                                      + (f"; {args.n_extra} WordNet 3.0 usage examples" if args.n_extra else "")},
+                                      + (f"; {args.n_extra + args.n_extra_2} WordNet 3.0 usage examples"
+                                         if args.n_extra else "")},
                 "training": {**config, "steps_done": step, "completed": result["completed"],
                              "train_seconds": round(train_seconds, 1),
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),

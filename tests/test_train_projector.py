@@ -36,6 +36,16 @@ def _wordnet(root: Path) -> Path:
     return root
 
 
+def _linked_copy(work: Path, new: Path) -> Path:
+    """A work folder holding copies of `work`'s sentence lists and links to its shards (data prepared once)."""
+    (new / "shards").mkdir(parents=True)
+    for name in ("sentences.json", "extra_sentences.json"):
+        shutil.copy(work / name, new / name)
+    for shard in (work / "shards").iterdir():
+        (new / "shards" / shard.name).symlink_to(shard)
+    return new
+
+
 def _losses(work: Path) -> list[tuple[int, float, float | None, float | None, float]]:
     lines = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     return [(e["step"], e["loss"], e.get("ce"), e.get("kl"), e["ctc"]) for e in lines if "loss" in e]
@@ -91,14 +101,22 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     # Same seed → identical losses, and the resumed run continues exactly where the first left off.
     assert _losses(b) == _losses(a)
 
-    # --init: a run that starts from the exported projector (lr 0, so one step leaves it as it was).
-    c = tmp_path / "c"
-    c.mkdir()
-    for name in ("sentences.json", "extra_sentences.json"):
-        shutil.copy(a / name, c / name)
-    (c / "shards").symlink_to(a / "shards")
-    continued = [*common, "--init", str(exported), "--ctc-steps", "0", "--steps", "1", "--lr", "0", "--no-final-eval"]
+    # --init: a run that starts from the exported projector (lr 0, so one step leaves it as it was), in a
+    # folder that links a's shards and grows them by --n-extra-2 (WordNet sentences a's block did not pick).
+    c = _linked_copy(a, tmp_path / "c")
+    continued = [*common, "--init", str(exported), "--ctc-steps", "0", "--steps", "1", "--lr", "0", "--no-final-eval",
+                 "--n-extra-2", "2"]
     assert tp.main(["--work", str(c), *continued])["step"] == 1
+    grown = tp.training_pool(c)
+    assert [it["id"] for it in grown[:len(pool)]] == [it["id"] for it in pool]
+    block_2 = grown[len(pool):]
+    assert [it["id"] for it in block_2] == ["extra2-00000", "extra2-00001"]
+    assert not {it["text"] for it in block_2} & {it["text"] for it in extra}
+    assert all("kl_idx" not in it and it["enc"].shape[1] == 512 for it in block_2)
+    assert sorted(p.name for p in (c / "shards").iterdir() if not p.is_symlink()) == \
+        ["extra2-0000.json", "extra2-0000.safetensors"]
+    with pytest.raises(SystemExit, match="WordNet gives only 2 new sentences"):
+        tp.main(["--work", str(_linked_copy(a, tmp_path / "e")), *common, "--n-extra-2", "3", "--prep-only"])
     assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
         {k: v.tolist() for k, v in load_file(str(exported)).items()}
     assert json.loads((c / "train_config.json").read_text())["init"].startswith(f"{exported} (sha256 ")
