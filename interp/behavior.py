@@ -31,7 +31,8 @@ or None), raw_prediction, prediction (index, -1 unparseable; the answer text for
 correct, latency_s, and where they apply reply (generated text), asr_transcript (cascades), wer and ref_words
 (transcribe). Until the file is finalised, `prediction` is the raw answer and `calibrated` is false. A set is
 named after its folder; the per-SNR folders of `interp data noise` (`snr10`) get their parent's name in front.
-A resumed file must have been made with the same prompts, rules and kind of system (else InterpError).
+A resumed file must have been made with the same prompts, rules, kind of system and, where a system's name
+does not fix its weights (mini-ultravox's projector), the same weights (else InterpError).
 
 `run_statistics` turns a run folder into the stats.json of `interp stats` (interp.stats does the numbers).
 """
@@ -380,8 +381,9 @@ def _prompt_record(prompt: TaskPrompt) -> dict[str, Any]:
 def _describe_system(system: object, name: str, spec: str | None) -> dict[str, Any]:
     from interp.models.mini import MODEL_CARDS
 
-    described: dict[str, Any] = {"name": name, "spec": spec, "class": type(system).__name__,
-                                 "model": getattr(system, "name", None)}
+    from interp.models.base import describe_model
+
+    described: dict[str, Any] = {"name": name, **describe_model(system, spec), "model": getattr(system, "name", None)}
     card = MODEL_CARDS.get(spec or "")
     if card is not None:
         described["card"] = asdict(card)
@@ -474,6 +476,10 @@ def _check_same_config(previous: dict[str, Any], config: dict[str, Any], sidecar
     if old_class is not None and old_class != config["system"]["class"]:
         raise InterpError(f"{sidecar}: these predictions were made by a {old_class}, not a "
                           f"{config['system']['class']}; choose another --out")
+    old_weights, weights = previous.get("system", {}).get("weights"), config["system"].get("weights")
+    if old_weights != weights:
+        raise InterpError(f"{sidecar}: these predictions were made with other weights ({old_weights}, now "
+                          f"{weights}); choose another --out")
 
 
 def _counts(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -293,6 +293,7 @@ def extract_command(
     from activations.extract import extract, plan_extraction
     from activations.format import DTYPES, POSITIONS
     from interp.data.manifest import SpokenSet
+    from interp.models.base import describe_model
     from interp.provenance import provenance
     from interp.task_prompts import task_prompt
 
@@ -319,7 +320,7 @@ def extract_command(
     with _progress(None, total=total, desc=f"extracting {model}") as bar:
         writer = extract(system, spoken, out, plan=plan, prompt_for=prompt_for, dtype=dtype, batch_size=batch_size,
                          rank=rank, world=world, limit=limit, overwrite=overwrite,
-                         model_info={"spec": model, "class": type(system).__name__},
+                         model_info=describe_model(system, model),
                          provenance=provenance(command="interp extract", config=config, seed=None),
                          items_per_shard=items_per_shard, progress=bar.update)
     typer.echo(f"cache: {out} ({len(writer.done)} items of rank {rank}/{world}, sites {len(plan.sites)}, {dtype})")

@@ -867,6 +867,10 @@ def apply_eraser(model: Any, eraser: Eraser, *, sites: Sequence[str] | str | Non
                               f"{eraser.sites[site].d} (model {eraser.model}); use an eraser fitted on this model")
     if eraser.model and eraser.model != name:
         _log.warning("applying an eraser fitted on %s to %s", eraser.model, name)
+    fitted_weights = eraser.meta.get("model_info", {}).get("weights")
+    if fitted_weights is not None and fitted_weights != getattr(model, "weights", None):
+        _log.warning("applying an eraser fitted on %s with weights %s to weights %s", eraser.model, fitted_weights,
+                     getattr(model, "weights", None))
     if positions == "audio" and not hasattr(model, "prepare"):
         raise InterpError(f"{name} reads no audio: use positions='all' to erase a text model's every position")
     active = ActiveErasure(model, eraser, chosen, positions)

@@ -220,6 +220,7 @@ class _Study:
     def caches(self) -> list[Path]:
         from activations import ActivationCache
         from activations.extract import extract, plan_extraction
+        from interp.models.base import describe_model
         from interp.task_prompts import task_prompt
 
         model = self.model(self.plan.speech_model)
@@ -230,16 +231,22 @@ class _Study:
         written = []
         for name, sites, out in jobs:
             spoken = self.spoken(name)
-            if (out / "manifest.json").is_file() and len(ActivationCache.open(out).items) == len(spoken):
-                written.append(out)
-                continue
+            if (out / "manifest.json").is_file():
+                cache = ActivationCache.open(out)
+                made_with = cache.header.model_info.get("weights")
+                if made_with != describe_model(model, self.plan.speech_model).get("weights"):
+                    raise InterpError(f"{out} was extracted with other weights of {self.plan.speech_model} "
+                                      f"({made_with}); choose another --out")
+                if len(cache.items) == len(spoken):
+                    written.append(out)
+                    continue
             extraction = plan_extraction(model, sites, "audio")
             config = {"model": self.plan.speech_model, "data": str(spoken.root), "sites": list(extraction.sites),
                       "positions": "audio", "dtype": self.plan.cache_dtype}
             with self.progress(f"extracting {name} {sites}", len(spoken)) as update:
                 extract(model, spoken, out, plan=extraction, dtype=self.plan.cache_dtype,
                         prompt_for=lambda item: task_prompt(item.task).for_item(item),
-                        model_info={"spec": self.plan.speech_model, "class": type(model).__name__},
+                        model_info=describe_model(model, self.plan.speech_model),
                         provenance=self.provenance("caches") | {"extract": config}, progress=update)
             written.append(out)
         return written

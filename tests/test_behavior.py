@@ -208,6 +208,18 @@ def test_resume_refuses_other_prompts(tmp_path: Path, ultravox) -> None:
         run_system(ultravox, spoken, tmp_path / "run", system_name="uv")
 
 
+def test_resume_refuses_answers_made_with_other_weights(tmp_path: Path, ultravox, monkeypatch) -> None:
+    """A system whose name does not fix its weights (mini-ultravox's projector) records their fingerprint."""
+    spoken = make_set(tmp_path / "sent", sentiment_records(2))
+    monkeypatch.setattr(ultravox, "weights", {"projector": "a.safetensors", "sha256": "aa"})
+    path = run_system(ultravox, spoken, tmp_path / "run", system_name="uv")
+    assert json.loads(path.with_suffix(".json").read_text())["config"]["system"]["weights"]["sha256"] == "aa"
+    run_system(ultravox, spoken, tmp_path / "run", system_name="uv")  # same weights: resumes
+    monkeypatch.setattr(ultravox, "weights", {"projector": "a.safetensors", "sha256": "bb"})
+    with pytest.raises(InterpError, match="other weights"):
+        run_system(ultravox, spoken, tmp_path / "run", system_name="uv")
+
+
 def test_killed_behave_run_resumes_without_recomputing(tmp_path: Path) -> None:
     """SIGKILL an `interp behave` subprocess mid-run; the rerun keeps every finished line as it was."""
     spoken = make_set(tmp_path / "sent", sentiment_records(30, seconds=0.3))

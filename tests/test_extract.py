@@ -16,8 +16,10 @@ import torch
 
 from activations import ActivationCache, Float16Overflow, verify
 from activations.extract import extract, plan_extraction
+from activations.format import CacheMismatch
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
+from interp.models.base import describe_model
 from interp.models.mini import load_model
 from interp.task_prompts import task_prompt
 from tests.helpers import reference_hidden_states, run_cli
@@ -188,6 +190,19 @@ def test_cache_of_another_model_is_refused_unless_overwrite(sentiment_set, tmp_p
     replaced = run_cli(*other, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert ActivationCache.open(cache).model == "tiny-qwen2-audio"
+
+
+def test_cache_of_other_weights_under_the_same_name_is_refused(spoken, tmp_path) -> None:
+    """mini-ultravox's name does not fix its projector: the weights' fingerprint is part of the cache's identity."""
+    model = load_model("tiny-ultravox")
+    model.weights = {"projector": "p.safetensors", "sha256": "aa"}
+    _extract(model, spoken, tmp_path / "c", limit=2, model_info=describe_model(model, "tiny-ultravox"))
+    _extract(model, spoken, tmp_path / "c", limit=3, model_info=describe_model(model, "tiny-ultravox"))  # resumes
+    assert len(ActivationCache.open(tmp_path / "c").items) == 3
+    model.weights = {"projector": "p.safetensors", "sha256": "bb"}
+    with pytest.raises(CacheMismatch, match="model_info differs in weights"):
+        _extract(model, spoken, tmp_path / "c", limit=4, model_info=describe_model(model, "tiny-ultravox"))
+    assert len(ActivationCache.open(tmp_path / "c").items) == 3
 
 
 def test_bad_site_and_text_model_get_one_line(sentiment_set, tmp_path) -> None:

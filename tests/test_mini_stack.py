@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from interp.data.tts import PiperSettings, open_engine
 from interp.errors import InterpError
+from interp.models.base import describe_model
 from interp.models.mini import MINI_ULTRAVOX_PROJECTOR, MODEL_CARDS, build_mini_ultravox, load_model
 from interp.resources import resource_path
 from interp.text_metrics import word_error_rate
@@ -77,11 +79,15 @@ def test_mini_ultravox_carries_the_trained_projector_and_repeats_what_it_hears(s
     state = model.model.multi_modal_projector.state_dict()
     assert set(state) == set(shipped)
     assert all(torch.equal(state[key], shipped[key]) for key in shipped)
+    # Its fingerprint goes into caches and behave runs, which refuse work made with another projector.
+    assert describe_model(model, "mini-ultravox")["weights"] == {
+        "projector": MINI_ULTRAVOX_PROJECTOR, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
     sentence = ["The team won the cup final on Sunday."]
     prompt = "Repeat exactly what you heard: <|audio|>"
     assert word_error_rate(sentence, [model.generate(speech, prompt, max_new_tokens=20)]) <= 0.7
     untrained = build_mini_ultravox(trained=False)
+    assert untrained.weights != model.weights
     assert word_error_rate(sentence, [untrained.generate(speech, prompt, max_new_tokens=20)]) >= 0.9
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from interp.errors import InterpError
 
 __all__ = ["AUDIO_PLACEHOLDER", "SiteError", "Site", "SpeechBatch", "SpeechLM", "expand_sites", "describe_sites",
-           "llm_sites", "build_seeded"]
+           "describe_model", "llm_sites", "build_seeded"]
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 """Where the audio goes in a prompt. An end-to-end model puts its audio embeddings there; a cascade
@@ -85,6 +85,18 @@ class SpeechLM(Protocol):
 
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
         """Greedy answer to the prompt."""
+
+
+def describe_model(system: object, spec: str | None) -> dict[str, Any]:
+    """What identifies a loaded system in a cache header or a run's config: the spec it was loaded from, its
+    class and, where one name covers weights that change between versions of the package (mini-ultravox's
+    trained projector), their fingerprint (`system.weights`), so that work made with other weights is refused
+    on resume instead of mixed in."""
+    described: dict[str, Any] = {"spec": spec, "class": type(system).__name__}
+    weights = getattr(system, "weights", None)
+    if weights is not None:
+        described["weights"] = weights
+    return described
 
 
 def describe_sites(available: Sequence[str]) -> str:

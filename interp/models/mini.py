@@ -7,6 +7,7 @@ tiny.en (the study's Cascade-W) and `mini-cascade-gemma` swaps in Gemma-3-270m (
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,10 +130,13 @@ def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
                             stack_factor=8, projector_ln_mid=True)
     model = build_seeded(lambda: UltravoxModel(config, language_model=llm.model), seed=0)
     model.audio_tower.load_state_dict(whisper.model.model.encoder.state_dict(), strict=True)
+    fingerprint = {"projector": "seeded random (seed 0)"}
     if trained:
-        weights = load_file(str(resource_path(MINI_ULTRAVOX_PROJECTOR)))
-        model.multi_modal_projector.load_state_dict(weights, strict=True)
-    return UltravoxSpeechLM(model.eval(), llm.tokenizer, whisper.processor.feature_extractor, name="mini-ultravox")
+        path = resource_path(MINI_ULTRAVOX_PROJECTOR)
+        model.multi_modal_projector.load_state_dict(load_file(str(path)), strict=True)
+        fingerprint = {"projector": MINI_ULTRAVOX_PROJECTOR, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return UltravoxSpeechLM(model.eval(), llm.tokenizer, whisper.processor.feature_extractor, name="mini-ultravox",
+                            weights=fingerprint)
 
 
 _BUILDERS: dict[str, Callable[[], object]] = {

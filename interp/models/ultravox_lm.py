@@ -28,8 +28,10 @@ class UltravoxSpeechLM(EncodedSpeechLM):
     """
 
     def __init__(self, model: UltravoxModel, tokenizer: PreTrainedTokenizerBase,
-                 feature_extractor: WhisperFeatureExtractor, *, name: str) -> None:
+                 feature_extractor: WhisperFeatureExtractor, *, name: str,
+                 weights: dict[str, str] | None = None) -> None:
         self.model = model.eval()
+        self.weights = weights  # fingerprint of weights its name does not fix (interp.models.base.describe_model)
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.name = name
