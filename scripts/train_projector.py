@@ -54,8 +54,9 @@ Stages, all under --work and each skipped when its output is already there (so a
    Batches and their perturbations are a deterministic function of (seed, step), so resuming from a
    checkpoint continues exactly.
    --init PATH starts from an exported projector instead of a fresh one (recorded with its sha256 in
-   train_config.json and the card): with --ctc-steps 0 it continues distillation of an earlier run, e.g. on
-   its own data in a work folder holding links to that run's shards.
+   train_config.json and the card, which also nests the init file's own card as "init_card"): with
+   --ctc-steps 0 it continues distillation of an earlier run, e.g. on its own data in a work folder holding
+   links to that run's shards.
 4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
    validation items, WER (interp.text_metrics) logged ("val_wer"), beside the WER of the CTC head's greedy
    reading of the same audio ("val_ctc_wer"); at the end on all validation items.
@@ -1060,6 +1061,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "val_wer": result.get("val_wer"), "val_ctc_wer": result.get("val_ctc_wer"),
                 "val_wer_items": result.get("val_items"),
                 "log": "log.jsonl in the --work folder"}
+        if args.init is not None and args.init.with_suffix(".json").is_file():
+            # how the projector it started from was made: a chain of --init runs nests to its first run
+            card["init_card"] = json.loads(args.init.with_suffix(".json").read_text())
         export(args.export, projector, card)
         print(f"exported {args.export} and {args.export.with_suffix('.json')}")
     return result

@@ -106,7 +106,9 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     c = _linked_copy(a, tmp_path / "c")
     continued = [*common, "--init", str(exported), "--ctc-steps", "0", "--steps", "1", "--lr", "0", "--no-final-eval",
                  "--n-extra-2", "2"]
-    assert tp.main(["--work", str(c), *continued])["step"] == 1
+    assert tp.main(["--work", str(c), *continued, "--export", str(c / "out.safetensors")])["step"] == 1
+    # its card nests the card of the projector it started from
+    assert json.loads((c / "out.json").read_text())["init_card"] == json.loads(exported.with_suffix(".json").read_text())
     grown = tp.training_pool(c)
     assert [it["id"] for it in grown[:len(pool)]] == [it["id"] for it in pool]
     block_2 = grown[len(pool):]
