@@ -379,9 +379,8 @@ def _prompt_record(prompt: TaskPrompt) -> dict[str, Any]:
 
 
 def _describe_system(system: object, name: str, spec: str | None) -> dict[str, Any]:
-    from interp.models.mini import MODEL_CARDS
-
     from interp.models.base import describe_model
+    from interp.models.mini import MODEL_CARDS
 
     described: dict[str, Any] = {"name": name, **describe_model(system, spec), "model": getattr(system, "name", None)}
     card = MODEL_CARDS.get(spec or "")
