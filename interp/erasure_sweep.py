@@ -146,7 +146,7 @@ def _check_run_config(run: Path, config: dict[str, Any]) -> None:
 def _ensure_cache(model: Any, spoken: Any, cache_dir: Path, sites: list[str], plan: SweepPlan) -> Any:
     from activations import ActivationCache
     from activations.extract import dataset_identity, extract, plan_extraction
-    from interp.models.base import describe_model
+    from interp.models.base import describe_model, other_weights
     from interp.provenance import provenance
     from interp.task_prompts import task_prompt
 
@@ -155,12 +155,11 @@ def _ensure_cache(model: Any, spoken: Any, cache_dir: Path, sites: list[str], pl
     if (cache_dir / "manifest.json").is_file():
         cache = ActivationCache.open(cache_dir)
         missing_sites = [s for s in sites if s not in cache.sites]
-        weights = describe_model(model, plan.model).get("weights")
-        other_weights = cache.header.model_info.get("weights") != weights
-        if (cache.model != model.name or other_weights or cache.header.dataset != dataset_identity(spoken)
+        changed = other_weights(cache.header.model_info, model, plan.model)
+        if (cache.model != model.name or changed or cache.header.dataset != dataset_identity(spoken)
                 or missing_sites):
             why = (f"model {cache.model}" if cache.model != model.name else
-                   f"other weights than {weights}" if other_weights else
+                   f"other weights ({cache.header.model_info.get('weights')})" if changed else
                    f"sites without {missing_sites[0]}" if missing_sites else "another version of the set")
             raise SweepError(f"the cache {cache_dir} was made with {why}; give another --cache-dir")
         have = {meta.id for meta in cache.items}

@@ -220,7 +220,7 @@ class _Study:
     def caches(self) -> list[Path]:
         from activations import ActivationCache
         from activations.extract import extract, plan_extraction
-        from interp.models.base import describe_model
+        from interp.models.base import describe_model, other_weights
         from interp.task_prompts import task_prompt
 
         model = self.model(self.plan.speech_model)
@@ -233,10 +233,9 @@ class _Study:
             spoken = self.spoken(name)
             if (out / "manifest.json").is_file():
                 cache = ActivationCache.open(out)
-                made_with = cache.header.model_info.get("weights")
-                if made_with != describe_model(model, self.plan.speech_model).get("weights"):
+                if other_weights(cache.header.model_info, model, self.plan.speech_model):
                     raise InterpError(f"{out} was extracted with other weights of {self.plan.speech_model} "
-                                      f"({made_with}); choose another --out")
+                                      f"({cache.header.model_info.get('weights')}); choose another --out")
                 if len(cache.items) == len(spoken):
                     written.append(out)
                     continue

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from interp.errors import InterpError
 
 __all__ = ["AUDIO_PLACEHOLDER", "SiteError", "Site", "SpeechBatch", "SpeechLM", "expand_sites", "describe_sites",
-           "describe_model", "llm_sites", "build_seeded"]
+           "describe_model", "other_weights", "llm_sites", "build_seeded"]
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 """Where the audio goes in a prompt. An end-to-end model puts its audio embeddings there; a cascade
@@ -97,6 +97,11 @@ def describe_model(system: object, spec: str | None) -> dict[str, Any]:
     if weights is not None:
         described["weights"] = weights
     return described
+
+
+def other_weights(recorded: dict[str, Any], system: object, spec: str | None) -> bool:
+    """Whether `recorded` (a cache header's model_info) names other weights than `system` has."""
+    return recorded.get("weights") != describe_model(system, spec).get("weights")
 
 
 def describe_sites(available: Sequence[str]) -> str:
