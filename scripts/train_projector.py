@@ -87,6 +87,7 @@ import platform
 import re
 import sys
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -474,36 +475,51 @@ def pick_voice(rng: np.random.Generator, piper_fraction: float, vary) -> dict:
     return {"engine": engine, "settings": settings_to_dict(vary(engine, rng))}
 
 
-def make_extra_sentences(args, work: Path, data: dict, block: int = 1) -> list[dict]:
-    """The WordNet usage examples spoken for vocabulary (no teacher logits: they join the CTC and "repeat"
-    rows, not the KL rows): block 1 is --n-extra of them (extra_sentences.json), block 2 --n-extra-2 more
-    picked from those block 1 left (extra_sentences_2.json), so that a folder holding links to block 1's
-    shards grows without preparing them again. Kept apart from sentences.json so that a folder's main data
-    stays as it was made."""
-    n, path = (args.n_extra, work / "extra_sentences.json") if block == 1 else \
-        (args.n_extra_2, work / "extra_sentences_2.json")
-    spec = {"version": DATA_VERSION, "n_extra": args.n_extra, "seed": args.seed, "wordnet": str(args.wordnet)}
-    if block == 2:
-        spec["n_extra_2"] = args.n_extra_2
+@dataclass(frozen=True)
+class ExtraBlock:
+    """One block of WordNet usage examples: the option that sizes it, its sentence file and its split (shard
+    and id prefix). Each block picks from the sentences the blocks before it left, so that a folder holding
+    links to an earlier folder's shards grows by a new block without preparing them again."""
+
+    arg: str
+    file: str
+    split: str
+    rng_key: tuple[int, ...]
+
+    @property
+    def option(self) -> str:
+        return "--" + self.arg.replace("_", "-")
+
+
+EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
+                ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)))
+
+
+def make_extra_sentences(args, work: Path, data: dict, index: int = 0) -> list[dict]:
+    """Block `index` of EXTRA_BLOCKS: WordNet usage examples spoken for vocabulary (no teacher logits: they
+    join the CTC and "repeat" rows, not the KL rows). Kept apart from sentences.json so that a folder's main
+    data stays as it was made."""
+    block = EXTRA_BLOCKS[index]
+    n, path = getattr(args, block.arg), work / block.file
+    spec = {"version": DATA_VERSION, "seed": args.seed, "wordnet": str(args.wordnet),
+            **{earlier.arg: getattr(args, earlier.arg) for earlier in EXTRA_BLOCKS[:index + 1]}}
     if path.exists():
         extra = json.loads(path.read_text())
         if extra["spec"] != spec:
             raise SystemExit(f"{path} was made with {extra['spec']}, not {spec}: use a new --work folder")
         return extra["items"]
     seen = suite_texts() | {it["text"] for split in data["items"].values() for it in split}
-    if block == 2:
-        seen |= {it["text"] for it in make_extra_sentences(args, work, data)}
+    for earlier in range(index):
+        seen |= {it["text"] for it in make_extra_sentences(args, work, data, earlier)}
     found = wordnet_sentences(args.wordnet, seen)
     if len(found) < n:
-        option = "--n-extra" if block == 1 else "--n-extra-2"
-        raise SystemExit(f"{option} {n}: WordNet gives only {len(found)} new sentences")
-    rng = np.random.default_rng([args.seed, 4] if block == 1 else [args.seed, 4, 2])
+        raise SystemExit(f"{block.option} {n}: WordNet gives only {len(found)} new sentences")
+    rng = np.random.default_rng([args.seed, *block.rng_key])
     picked = [found[i] for i in sorted(rng.choice(len(found), size=n, replace=False))]
     from interp.data.tts import vary_settings
 
-    prefix = "extra" if block == 1 else "extra2"
-    items = [{"id": f"{prefix}-{index:05d}", "text": text, "source": "wordnet",
-              **pick_voice(rng, args.piper_fraction, vary_settings)} for index, text in enumerate(picked)]
+    items = [{"id": f"{block.split}-{i:05d}", "text": text, "source": "wordnet",
+              **pick_voice(rng, args.piper_fraction, vary_settings)} for i, text in enumerate(picked)]
     _atomic_write_text(path, json.dumps({"spec": spec, "available": len(found), "items": items}, indent=1))
     return items
 
@@ -605,8 +621,8 @@ def load_split(work: Path, split: str) -> list[dict]:
 
 def training_pool(work: Path) -> list[dict]:
     """The items training draws its batches from (and its CTC vocabulary): the main training split, then
-    the --n-extra utterances, then the --n-extra-2 ones."""
-    return load_split(work, "train") + load_split(work, "extra") + load_split(work, "extra2")
+    each block of WordNet utterances in order."""
+    return load_split(work, "train") + [it for block in EXTRA_BLOCKS for it in load_split(work, block.split)]
 
 
 def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
@@ -619,12 +635,13 @@ def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
     stats["counts"] = data["counts"]
     for split in ("train", "val"):
         prepare_split(args, stack, work, split, data["items"][split], stats)
-    if args.n_extra:
-        prepare_split(args, stack, work, "extra", make_extra_sentences(args, work, data), stats)
-        stats["counts"] = {**data["counts"], "extra": {"wordnet": args.n_extra}}
-    if args.n_extra_2:
-        prepare_split(args, stack, work, "extra2", make_extra_sentences(args, work, data, block=2), stats)
-        stats["counts"]["extra"]["wordnet_2"] = args.n_extra_2
+    extra = {}
+    for index, block in enumerate(EXTRA_BLOCKS):
+        if getattr(args, block.arg):
+            prepare_split(args, stack, work, block.split, make_extra_sentences(args, work, data, index), stats)
+            extra["wordnet" if index == 0 else f"wordnet_{index + 1}"] = getattr(args, block.arg)
+    if extra:
+        stats["counts"] = {**data["counts"], "extra": extra}
     stats["last_prep_call_s"] = time.perf_counter() - t0
     _atomic_write_text(stats_path, json.dumps(stats, indent=1))
     return training_pool(work), load_split(work, "val"), stats
@@ -905,8 +922,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prep-only", action="store_true", help="stop after data preparation")
     p.add_argument("--no-final-eval", action="store_true", help="skip the full validation WER at the end")
     args = p.parse_args(argv)
-    if args.n_extra_2 and not args.n_extra:
-        p.error("--n-extra-2 needs --n-extra (it picks from the WordNet sentences that block left)")
+    for block, before in zip(EXTRA_BLOCKS[1:], EXTRA_BLOCKS):
+        if getattr(args, block.arg) and not getattr(args, before.arg):
+            p.error(f"{block.option} needs {before.option} (it picks from the WordNet sentences that block left)")
     args.kl_batch = args.batch_size // 2 if args.kl_batch is None else args.kl_batch
     args.warmup = max(1, round(0.05 * args.steps)) if args.warmup is None else args.warmup
     return args
@@ -1046,8 +1064,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside "
                                 "those ranges",
                          "real_text": "Python language reference (pydoc_data) and installed packages' descriptions"
-                                      + (f"; {args.n_extra + args.n_extra_2} WordNet 3.0 usage examples"
-                                         if args.n_extra else "")},
+                                      + (f"; {sum(getattr(args, b.arg) for b in EXTRA_BLOCKS)} WordNet 3.0 "
+                                         "usage examples" if args.n_extra else "")},
                 "training": {**config, "steps_done": step, "completed": result["completed"],
                              "train_seconds": round(train_seconds, 1),
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),

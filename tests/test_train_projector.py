@@ -117,7 +117,7 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert all("kl_idx" not in it and it["enc"].shape[1] == 512 for it in block_2)
     assert sorted(p.name for p in (c / "shards").iterdir() if not p.is_symlink()) == \
         ["extra2-0000.json", "extra2-0000.safetensors"]
-    with pytest.raises(SystemExit, match="WordNet gives only 2 new sentences"):
+    with pytest.raises(SystemExit, match="--n-extra-2 3: WordNet gives only 2 new sentences"):
         tp.main(["--work", str(_linked_copy(a, tmp_path / "e")), *common, "--n-extra-2", "3", "--prep-only"])
     assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
         {k: v.tolist() for k, v in load_file(str(exported)).items()}
