@@ -782,7 +782,9 @@ def demo_command(
     typer.echo(f"{'stage':12s} {'seconds':>9s}")
     for result in results:
         typer.echo(f"{result.stage:12s} {result.seconds:9.1f}" + ("  (reused)" if result.skipped else ""))
-    typer.echo(f"{'total':12s} {sum(r.seconds for r in results):9.1f}")
+    typer.echo(f"{'this run':12s} {sum(r.seconds for r in results if not r.skipped):9.1f}")
+    if any(r.skipped for r in results):
+        typer.echo(f"{'as made':12s} {sum(r.seconds for r in results):9.1f}  (the reused stages' own seconds included)")
     if (out / "report.html").is_file():
         typer.echo(f"report: {out / 'report.html'}")
 

@@ -15,9 +15,9 @@ Stages, in order (each writes OUT/stages/<stage>.json when it finishes; a rerun 
   stats      κ, error overlap, McNemar + BH, accuracy vs SNR over the behaviour run     → OUT/behave/stats.json
   report     one self-contained HTML page of all of it                                 → OUT/report.html
 
-A study folder belongs to one plan: rerunning with other settings is refused (choose another --out), so a
-finished stage is never mixed with a changed one. Every stage's marker records its seconds, the plan and the
-provenance (versions, git commit, seed).
+A study folder belongs to one plan and one set of weights: rerunning with other settings, or after mini-ultravox's
+shipped projector changed, is refused (choose another --out), so a finished stage is never mixed with a changed
+one. Every stage's marker records its seconds, the plan and the provenance (versions, git commit, seed).
 """
 
 from __future__ import annotations
@@ -354,17 +354,27 @@ def stage_times(out: Path) -> dict[str, float]:
     return times
 
 
+def _plan_record(plan: StudyPlan) -> dict[str, Any]:
+    """plan.json: the plan and the fingerprint of the weights a model name alone does not pin down (a retrained
+    mini-ultravox projector), so that finished stages are not reused with other weights."""
+    from interp.models.mini import weights_of
+
+    systems = [plan.speech_model, plan.cascade, *plan.extra_systems]
+    return plan.to_dict() | {"weights": {spec: w for spec in systems if (w := weights_of(spec)) is not None}}
+
+
 def _check_plan(out: Path, plan: StudyPlan) -> None:
     path = out / "plan.json"
+    record = _plan_record(plan)
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = [key for key, value in plan.to_dict().items() if previous.get(key) != value]
+        changed = [key for key, value in record.items() if previous.get(key) != value]
         if changed:
             key = changed[0]
             raise InterpError(f"{out} holds a study made with {key} {previous.get(key)!r}, not "
-                              f"{plan.to_dict()[key]!r}; choose another --out")
+                              f"{record[key]!r}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plan.to_dict(), indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 def run_study(plan: StudyPlan, out: Path, *, stages: list[str] | None = None, progress: Progress | None = None,

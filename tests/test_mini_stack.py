@@ -13,7 +13,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from interp.data.tts import PiperSettings, open_engine
 from interp.errors import InterpError
 from interp.models.base import describe_model
-from interp.models.mini import MINI_ULTRAVOX_PROJECTOR, MODEL_CARDS, build_mini_ultravox, load_model
+from interp.models.mini import MINI_ULTRAVOX_PROJECTOR, MODEL_CARDS, build_mini_ultravox, load_model, weights_of
 from interp.resources import resource_path
 from interp.text_metrics import word_error_rate
 from tests.helpers import run_cli
@@ -82,12 +82,13 @@ def test_mini_ultravox_carries_the_trained_projector_and_repeats_what_it_hears(s
     # Its fingerprint goes into caches and behave runs, which refuse work made with another projector.
     assert describe_model(model, "mini-ultravox")["weights"] == {
         "projector": MINI_ULTRAVOX_PROJECTOR, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert weights_of("mini-ultravox") == model.weights  # what a study folder records without loading the model
 
     sentence = ["The team won the cup final on Sunday."]
     prompt = "Repeat exactly what you heard: <|audio|>"
     assert word_error_rate(sentence, [model.generate(speech, prompt, max_new_tokens=20)]) <= 0.7
     untrained = build_mini_ultravox(trained=False)
-    assert untrained.weights != model.weights
+    assert untrained.weights == weights_of("mini-ultravox", trained=False) != model.weights
     assert word_error_rate(sentence, [untrained.generate(speech, prompt, max_new_tokens=20)]) >= 0.9
 
 

@@ -102,6 +102,27 @@ def test_a_rerun_reuses_every_stage_and_another_plan_is_refused(study) -> None:
         run_study(tiny_plan(analysis_sets=["topic"]), out)
 
 
+def test_a_study_made_with_another_projector_is_refused(tmp_path, monkeypatch) -> None:
+    """mini-ultravox's projector changes under the same name when it is retrained: plan.json records its
+    fingerprint, and a folder made with other weights (or before they were recorded) is not reused."""
+    import interp.models.mini as mini
+
+    plan, out = tiny_plan(speech_model="mini-ultravox"), tmp_path / "demo"
+    run_study(plan, out, stages=["report"])  # the one stage that runs on an empty folder
+    recorded = json.loads((out / "plan.json").read_text(encoding="utf-8"))["weights"]
+    assert recorded == {"mini-ultravox": mini.weights_of("mini-ultravox")}
+    shipped = mini.weights_of
+    monkeypatch.setattr(mini, "weights_of", lambda name, **kw: shipped(name, **kw) and {"projector": "v-next"})
+    with pytest.raises(InterpError, match=r"made with weights .*sha256.*, not .*v-next.*choose another --out"):
+        run_study(plan, out, stages=["report"])
+    monkeypatch.setattr(mini, "weights_of", shipped)
+    older = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    del older["weights"]
+    (out / "plan.json").write_text(json.dumps(older), encoding="utf-8")
+    with pytest.raises(InterpError, match="made with weights None"):
+        run_study(plan, out, stages=["report"])
+
+
 def test_demo_command_refuses_an_unknown_stage_in_one_line(tmp_path) -> None:
     result = run_cli("demo", "--out", tmp_path / "d", "--stages", "sets,nope")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0

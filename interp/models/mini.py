@@ -29,7 +29,7 @@ from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
 __all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN",
-           "build_mini_ultravox"]
+           "build_mini_ultravox", "weights_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -117,6 +117,20 @@ MINI_ULTRAVOX_PROJECTOR = "mini_ultravox_projector.safetensors"
 docs/mini-ultravox/MODEL_CARD.md)."""
 
 
+def weights_of(name: str, *, trained: bool = True) -> dict[str, str] | None:
+    """The fingerprint of the weights that a named model's name alone does not pin down (mini-ultravox's
+    projector, which retraining replaces under the same name), without loading the model; None for the others.
+    `describe_model` records the same dict from a loaded system."""
+    if name != "mini-ultravox":
+        return None
+    if not trained:
+        return {"projector": "seeded random (seed 0)"}
+    from interp.resources import resource_path
+
+    path = resource_path(MINI_ULTRAVOX_PROJECTOR)
+    return {"projector": MINI_ULTRAVOX_PROJECTOR, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
     """Whisper-base's encoder and SmolLM2 with the shipped, trained projector (`trained=False`: a seeded random
     one, which is where scripts/train_projector.py starts)."""
@@ -130,13 +144,11 @@ def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
                             stack_factor=8, projector_ln_mid=True)
     model = build_seeded(lambda: UltravoxModel(config, language_model=llm.model), seed=0)
     model.audio_tower.load_state_dict(whisper.model.model.encoder.state_dict(), strict=True)
-    fingerprint = {"projector": "seeded random (seed 0)"}
     if trained:
-        path = resource_path(MINI_ULTRAVOX_PROJECTOR)
-        model.multi_modal_projector.load_state_dict(load_file(str(path)), strict=True)
-        fingerprint = {"projector": MINI_ULTRAVOX_PROJECTOR, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        model.multi_modal_projector.load_state_dict(load_file(str(resource_path(MINI_ULTRAVOX_PROJECTOR))),
+                                                    strict=True)
     return UltravoxSpeechLM(model.eval(), llm.tokenizer, whisper.processor.feature_extractor, name="mini-ultravox",
-                            weights=fingerprint)
+                            weights=weights_of("mini-ultravox", trained=trained))
 
 
 _BUILDERS: dict[str, Callable[[], object]] = {
