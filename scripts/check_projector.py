@@ -1,16 +1,18 @@
 """Acceptance check of the shipped mini-ultravox projector: "repeat exactly what you heard" WER (issue 6).
 
 Runs the model users get (`load_model("mini-ultravox")`, i.e. the projector in
-interp/resources/mini_ultravox_projector.safetensors) on the held-out validation utterances of a
-train_projector.py work folder: their sentences come from a template family and SmolLM2 topics/styles that
-training never saw, spoken with voice settings outside the training ranges. The audio is synthesised again
-from the recorded text and settings (both TTS engines are deterministic given the settings' seed).
+interp/resources/mini_ultravox_projector.safetensors) on the held-out utterances of the shipped projector's
+training: interp/resources/mini_ultravox_heldout.json (by default), or the validation split of another
+train_projector.py work folder (--work). Their sentences come from a template family and SmolLM2 topics/styles
+that training never saw, spoken with voice settings outside the training ranges. The audio is synthesised
+again from the recorded text and settings (both TTS engines are deterministic given the settings' seed).
 Prints mini-ultravox's WER (greedy, the training prompt) with Whisper-base's WER on the same audio beside
 it, per source and overall, then both on the 4 shipped LibriSpeech utterances (real read speech).
 Writes every transcript and the figures, with provenance, to --out.
 
-Usage: python scripts/check_projector.py --work runs/projector --out results/projector-check.json
-(the work folder needs sentences.json: `python scripts/train_projector.py --work ... --prep-only` makes it)
+Usage: python scripts/check_projector.py --out results/projector-check.json
+       python scripts/check_projector.py --work runs/projector --out ...   (a work folder's own held-out split:
+       its sentences.json, which `python scripts/train_projector.py --work ... --prep-only` makes)
 """
 
 from __future__ import annotations
@@ -36,11 +38,18 @@ from interp.text_metrics import word_error_rate
 REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # the instruction the projector was trained on
 
 
-def held_out_items(work: Path, limit: int | None) -> list[dict]:
-    path = work / "sentences.json"
-    if not path.exists():
-        raise SystemExit(f"{path} is missing: run scripts/train_projector.py --work {work} --prep-only first")
-    items = json.loads(path.read_text())["items"]["val"]
+HELD_OUT = "mini_ultravox_heldout.json"  # the shipped projector's held-out split, beside it in interp.resources
+
+
+def held_out_items(work: Path | None, limit: int | None) -> list[dict]:
+    """The held-out utterances: the shipped file's, or the validation split of the work folder `work`."""
+    if work is None:
+        items = json.loads(resource_path(HELD_OUT).read_text(encoding="utf-8"))["items"]
+    else:
+        path = work / "sentences.json"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run scripts/train_projector.py --work {work} --prep-only first")
+        items = json.loads(path.read_text())["items"]["val"]
     return items[:limit] if limit else items
 
 
@@ -58,7 +67,8 @@ def repeat_and_transcribe(model, whisper, audio: list[np.ndarray], references: l
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, required=True, help="train_projector.py work folder")
+    parser.add_argument("--work", type=Path, default=None,
+                        help=f"train_projector.py work folder whose validation split to use (default: {HELD_OUT})")
     parser.add_argument("--out", type=Path, default=None, help="JSON with transcripts, WERs and provenance")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out utterances only")
     args = parser.parse_args(argv)
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             {"id": item.id, "source": "librispeech", "reference": ref, "mini_ultravox": rep, "whisper_base": wh}
             for item, ref, rep, wh in zip(libri, libri_refs, libri_repeats, libri_whisper)]
         result["provenance"] = provenance(command="scripts/check_projector.py", seed=None,
-                                          config={"work": str(args.work), "limit": args.limit,
+                                          config={"held_out": str(args.work or HELD_OUT), "limit": args.limit,
                                                   "prompt": REPEAT_PROMPT, "model": "mini-ultravox"})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

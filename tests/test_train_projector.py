@@ -251,3 +251,32 @@ def test_augment_frames_is_seeded_leaves_room_for_ctc_and_keeps_the_cache() -> N
     zeroed = float((first == 0).float().mean())
     assert 0.08 < zeroed < 0.2
     assert float(first.abs().mean()) == pytest.approx(float(enc.float().abs().mean()), rel=0.15)
+
+
+def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
+    """interp/resources/mini_ultravox_heldout.json (what check_projector.py scores by default): 120 sentences from
+    the held-out template family and SmolLM2 topics, none a suite's, spoken with voices outside the training
+    ranges (vary_settings): piper slower or faster and noisier or cleaner, espeak variants training never used."""
+    from interp.resources import resource_path
+
+    tp = load_script("train_projector")
+    shipped = json.loads(resource_path("mini_ultravox_heldout.json").read_text(encoding="utf-8"))
+    items = shipped["items"]
+    assert len(items) == 120 and {it["source"] for it in items} == {"lm-heldout", "template-heldout"}
+    assert sum(it["source"] == "lm-heldout" for it in items) == 60
+    assert not {it["text"] for it in items} & tp.suite_texts()
+    assert len({it["text"] for it in items}) == 120
+    for it in items:
+        settings = it["settings"]
+        if it["engine"] == "piper":
+            assert not 0.85 <= settings["length_scale"] <= 1.2 and not 0.4 <= settings["noise_scale"] <= 0.8
+        else:
+            assert settings["voice"].rsplit("+", 1)[1] in {"m5", "m6", "f5"}
+            assert not 140 <= settings["rate_wpm"] < 200 and not 35 <= settings["pitch"] < 65
+
+    check = load_script("check_projector")
+    result = check.main(["--limit", "2", "--out", str(tmp_path / "check.json")])
+    assert result["held_out"]["all"]["n"] == 2 and result["librispeech"]["n"] == 4
+    written = json.loads((tmp_path / "check.json").read_text())
+    assert [t["reference"] for t in written["transcripts"][:2]] == [it["text"] for it in items[:2]]
+    assert written["provenance"]["config"]["held_out"] == "mini_ultravox_heldout.json"
