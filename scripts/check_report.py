@@ -84,7 +84,10 @@ def browser_check(path: Path, chromium: str, screenshot: tuple[str, Path] | None
                           "div.style.height = '460px'; return Plotly.relayout(div, {width: 1000, height: 460}); }",
                           screenshot[0])
             page.wait_for_timeout(500)
-            page.locator(f"#{screenshot[0]}").screenshot(path=str(screenshot[1]))
+            # Clipped to whole pixels: the div's own screenshot took one row of the element below it.
+            box = page.locator(f"#{screenshot[0]}").bounding_box()
+            page.screenshot(path=str(screenshot[1]), full_page=True,
+                            clip={"x": round(box["x"]), "y": round(box["y"]), "width": 1000, "height": 460})
         browser.close()
     problems = [f"console: {e}" for e in errors]
     problems += [f"network request: {r}" for r in requests if r != url]

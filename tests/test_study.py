@@ -11,7 +11,7 @@ import pytest
 
 from interp.errors import InterpError
 from interp.study import STAGES, StudyPlan, run_study, stage_times
-from tests.helpers import run_cli
+from tests.helpers import load_script, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,6 +86,21 @@ def test_the_report_is_self_contained_and_shows_the_numbers_of_its_sources(study
     assert "The paper's figures" in text and "0.93" in text  # Ultravox's AG News κ, labelled as the paper's
     assert "Conditional error overlap" in text and "no multi-class set" in text
     assert re.search(r"<td>total</td><td>\d+\.\d{3}</td>", text)
+
+
+def test_check_report_passes_the_report_and_fails_a_page_with_a_cdn_or_an_empty_figure(study, tmp_path) -> None:
+    out, _ = study
+    check = load_script("check_report")
+    assert check.main([str(out / "report.html"), "--browser", "none"]) == 0
+    text = (out / "report.html").read_text(encoding="utf-8")
+    broken = tmp_path / "report.html"
+    broken.write_text(text.replace("<head>", '<head><script src="https://cdn.plot.ly/plotly.js"></script>', 1),
+                      encoding="utf-8")
+    assert check.main([str(broken), "--browser", "none"]) == 1
+    broken.write_text(re.sub(r'(Plotly\.newPlot\(\s*"figure-1",\s*)\[.*?\],\s*\{', r"\1[], {", text, count=1,
+                             flags=re.S), encoding="utf-8")
+    assert check.main([str(broken), "--browser", "none"]) == 1
+    assert check.main([str(tmp_path / "missing.html"), "--browser", "none"]) == 2
 
 
 def test_a_rerun_reuses_every_stage_and_another_plan_is_refused(study) -> None:
