@@ -10,9 +10,12 @@ Stages, all under --work and each skipped when its output is already there (so a
    no digits) and (c) real English text that every installation carries (--real-fraction): sentences of the
    Python language reference (the standard library's pydoc_data) and of installed distributions'
    descriptions (package metadata), same filter, sampled with the seed (which sentences exist depends on the
-   Python and package versions: sentences.json records them). Validation sentences come from a held-out
+   Python and package versions). Validation sentences come from a held-out
    template family and SmolLM2 samples on held-out topics/prompt styles, never from (c). Sentences equal to
-   a built-in suite item are dropped.
+   a built-in suite item are dropped. --sentences FILE starts from a sentences.json made before instead, so
+   another machine trains on the same sentences whatever its packages, without the ~20 min of SmolLM2
+   sampling: docs/mini-ultravox/sentences.json.gz is the shipped projector's list as remade on 2026-11-26
+   (its held-out part is the shipped one; part of its real text differs from the original's, model card).
    With --n-extra N, extra_sentences.json adds N training sentences from (d) WordNet 3.0's usage examples
    (short everyday sentences over a wide vocabulary: a few thousand of them cut the share of held-out words
    holding a token no training transcript has from 17 % to 5 %). They get no teacher logits, so they join
@@ -78,6 +81,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import logging
@@ -239,13 +243,16 @@ def template_sentences(n: int, templates: list[str], rng: np.random.Generator, s
 
 def real_text_sentences(seen: set[str]) -> list[str]:
     """Plain sentences (capitalised, ASCII letters and punctuation, 6-25 words) from the Python language
-    reference (pydoc_data) and installed distributions' descriptions, sorted, none in `seen`."""
+    reference (pydoc_data) and installed distributions' descriptions, sorted, none in `seen`. This project's
+    own description (its README.md, which changes with every commit) is left out."""
     from importlib import metadata
 
     from pydoc_data.topics import topics
 
     bodies = list(topics.values())
     for dist in metadata.distributions():
+        if dist.metadata["Name"] == "cascade-interp":
+            continue
         bodies.append(dist.metadata.get_payload() or dist.metadata.get("Description") or "")
     found = set()
     for body in bodies:
@@ -424,6 +431,13 @@ def make_sentences(args, stack, work: Path) -> dict:
     spec = {"version": DATA_VERSION, "n_train": args.n_train, "n_val": args.n_val, "seed": args.seed,
             "lm_fraction": args.lm_fraction, "real_fraction": args.real_fraction,
             "piper_fraction": args.piper_fraction}
+    if not path.exists() and args.sentences is not None:
+        given = json.loads(gzip.decompress(args.sentences.read_bytes()) if args.sentences.suffix == ".gz"
+                           else args.sentences.read_bytes())
+        if given["spec"] != spec:
+            raise SystemExit(f"--sentences {args.sentences} was made with {given['spec']}, not {spec}: "
+                             "give the arguments it was made with")
+        _atomic_write_text(path, json.dumps(given, indent=1))
     if path.exists():
         data = json.loads(path.read_text())
         if data["spec"] != spec:
@@ -885,6 +899,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lm-fraction", type=float, default=0.35, help="share of training sentences from SmolLM2")
     p.add_argument("--real-fraction", type=float, default=0.25,
                    help="share of training sentences from real text on disk (Python reference, package descriptions)")
+    p.add_argument("--sentences", type=Path, default=None,
+                   help="start the folder's sentences.json from this file (.json or .json.gz) instead of sampling "
+                        "it; docs/mini-ultravox/sentences.json.gz: the shipped projector's list as remade on "
+                        "2026-11-26 (made with --n-train 3000 --n-val 120 --lm-fraction 0.2 --real-fraction 0.3 "
+                        "--seed 0)")
     p.add_argument("--n-extra", type=int, default=0,
                    help="more training utterances from WordNet's usage examples, without teacher logits")
     p.add_argument("--n-extra-2", type=int, default=0,

@@ -3,6 +3,7 @@ same seed → same losses, exported projector loads strictly."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ from interp.models.ultravox import UltravoxProjector
 from tests.helpers import load_script
 
 pytestmark = pytest.mark.slow
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 _WORDNET_LINES = {
@@ -88,12 +91,18 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
                                    for it in extra)
     assert {it["text"] for it in extra} <= set(tp.wordnet_sentences(tmp_path / "wordnet", set()))
 
+    # --sentences takes a's sentence list (gzipped, as docs/mini-ultravox ships one) only when made with these
+    # arguments.
+    given = tmp_path / "sentences.json.gz"
+    given.write_bytes(gzip.compress((a / "sentences.json").read_bytes()))
+    with pytest.raises(SystemExit, match="was made with .*give the arguments it was made with"):
+        tp.main(["--work", str(tmp_path / "f"), *common, "--n-train", "5", "--sentences", str(given), "--prep-only"])
     # The cached data is reused (no second prep), then the run stops at its budget after one step and resumes.
     b.mkdir()
-    for name in ("sentences.json", "extra_sentences.json"):
-        shutil.copy(a / name, b / name)
+    shutil.copy(a / "extra_sentences.json", b / "extra_sentences.json")
     shutil.copytree(a / "shards", b / "shards")
-    stopped = tp.main(["--work", str(b), *common, "--max-minutes", "0"])
+    stopped = tp.main(["--work", str(b), *common, "--sentences", str(given), "--max-minutes", "0"])
+    assert json.loads((b / "sentences.json").read_text()) == json.loads((a / "sentences.json").read_text())
     assert stopped["step"] == 1 and not stopped["completed"]
     assert (b / "checkpoint.safetensors").exists()
     resumed = tp.main(["--work", str(b), *common, "--no-final-eval"])
@@ -157,6 +166,9 @@ def test_real_text_sentences_are_plain_sorted_and_exclude_what_is_seen() -> None
     assert all(tp._CLEAN.match(s) and 6 <= len(s.split()) <= 25 and s[0].isupper() for s in found)
     assert not any(ch.isdigit() for s in found for ch in s)
     assert tp.real_text_sentences(set(found[:10])) == found[10:]
+    # never this project's README (installed as its description): it changes with every commit
+    readme = " ".join((_ROOT / "README.md").read_text(encoding="utf-8").split())
+    assert not [s for s in found if s in readme]
 
 
 def test_wordnet_sentences_are_the_glosses_examples_made_plain(tmp_path) -> None:
@@ -273,6 +285,14 @@ def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
         else:
             assert settings["voice"].rsplit("+", 1)[1] in {"m5", "m6", "f5"}
             assert not 140 <= settings["rate_wpm"] < 200 and not 35 <= settings["pitch"] < 65
+
+    # The shipped projector's training sentences (train_projector.py --sentences) are those of the same work
+    # folder: its validation split is this file's, and no training sentence is held out or a suite's.
+    trained = json.loads(gzip.decompress((_ROOT / "docs/mini-ultravox/sentences.json.gz").read_bytes()))
+    assert trained["spec"] == shipped["spec"] and trained["items"]["val"] == items
+    train_texts = {it["text"] for it in trained["items"]["train"]}
+    assert len(trained["items"]["train"]) == 3000 and len(train_texts) == 3000
+    assert not train_texts & {it["text"] for it in items} and not train_texts & tp.suite_texts()
 
     check = load_script("check_projector")
     result = check.main(["--limit", "2", "--out", str(tmp_path / "check.json")])
