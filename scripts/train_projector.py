@@ -431,17 +431,15 @@ def make_sentences(args, stack, work: Path) -> dict:
     spec = {"version": DATA_VERSION, "n_train": args.n_train, "n_val": args.n_val, "seed": args.seed,
             "lm_fraction": args.lm_fraction, "real_fraction": args.real_fraction,
             "piper_fraction": args.piper_fraction}
-    if not path.exists() and args.sentences is not None:
-        given = json.loads(gzip.decompress(args.sentences.read_bytes()) if args.sentences.suffix == ".gz"
-                           else args.sentences.read_bytes())
-        if given["spec"] != spec:
-            raise SystemExit(f"--sentences {args.sentences} was made with {given['spec']}, not {spec}: "
-                             "give the arguments it was made with")
-        _atomic_write_text(path, json.dumps(given, indent=1))
-    if path.exists():
-        data = json.loads(path.read_text())
+    source = path if path.exists() else args.sentences  # the folder's own list wins over --sentences
+    if source is not None:
+        raw = source.read_bytes()
+        data = json.loads(gzip.decompress(raw) if source.suffix == ".gz" else raw)
         if data["spec"] != spec:
-            raise SystemExit(f"{path} was made with {data['spec']}, not {spec}: use a new --work folder")
+            raise SystemExit(f"{source} was made with {data['spec']}, not {spec}: " + (
+                "use a new --work folder" if source == path else "give the arguments it was made with"))
+        if source != path:
+            _atomic_write_text(path, json.dumps(data, indent=1))
         return data
     start = time.perf_counter()
     seen = suite_texts()
@@ -971,8 +969,9 @@ def _lock_config(path: Path, config: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args = parse_args(argv)
-    if args.init is not None and not args.init.is_file():
-        raise SystemExit(f"--init {args.init}: no such file")
+    for name, given in (("--init", args.init), ("--sentences", args.sentences)):
+        if given is not None and not given.is_file():
+            raise SystemExit(f"{name} {given}: no such file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     work: Path = args.work

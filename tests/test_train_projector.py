@@ -131,8 +131,10 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
         {k: v.tolist() for k, v in load_file(str(exported)).items()}
     assert json.loads((c / "train_config.json").read_text())["init"].startswith(f"{exported} (sha256 ")
-    with pytest.raises(SystemExit, match="no such file"):
-        tp.main(["--work", str(tmp_path / "d"), *common, "--init", str(tmp_path / "missing.safetensors")])
+    for option in ("--init", "--sentences"):
+        with pytest.raises(SystemExit, match=f"{option} .*missing.json: no such file"):
+            tp.main(["--work", str(tmp_path / "d"), *common, option, str(tmp_path / "missing.json")])
+    assert not (tmp_path / "d").exists()
 
     state = load_file(str(exported))
     projector = UltravoxProjector(tp.load_stack()["model"].config)
