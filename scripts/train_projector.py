@@ -59,7 +59,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    --init PATH starts from an exported projector instead of a fresh one (recorded with its sha256 in
    train_config.json and the card, which also nests the init file's own card as "init_card"): with
    --ctc-steps 0 it continues distillation of an earlier run, e.g. on its own data in a work folder holding
-   links to that run's shards.
+   links to that run's shards. Give it --first-batch with the phase-2 steps of the run it continues (on the
+   same data and seed): otherwise its steps draw that run's batches again, in the same order.
 4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
    validation items, WER (interp.text_metrics) logged ("val_wer"), beside the WER of the CTC head's greedy
    reading of the same audio ("val_ctc_wer"); at the end on all validation items.
@@ -925,6 +926,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None,
                    help="start from this exported projector (safetensors) instead of a fresh one, e.g. to "
                         "continue distillation with --ctc-steps 0")
+    p.add_argument("--first-batch", type=int, default=0,
+                   help="phase-2 batches start at this batch of the seeded order instead of the first: with --init "
+                        "on the same data, the phase-2 steps the init run took, so that the continuation draws "
+                        "the items that run did not (with 0 it draws that run's batches again)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
@@ -951,9 +956,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 _DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_val", "lm_fraction", "real_fraction", "piper_fraction",
               "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
-               "weight_decay", "warmup", "augment", "init")
+               "weight_decay", "warmup", "augment", "init", "first_batch")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "augment": False, "init": None}
+_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "augment": False, "init": None,
+               "first_batch": 0}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -1021,9 +1027,10 @@ def main(argv: list[str] | None = None) -> dict:
             if step < args.ctc_steps:
                 batch = batch_indices(args.seed, step, args.ctc_batch_size, len(train))
             else:
-                batch = batch_indices(args.seed, step - args.ctc_steps, args.batch_size, len(train))
+                batch = batch_indices(args.seed, args.first_batch + step - args.ctc_steps, args.batch_size,
+                                      len(train))
             items = [train[i] for i in batch]
-            items = augmented(stack, items, args.seed, step) if args.augment else items
+            items = augmented(stack, items, args.seed, args.first_batch + step) if args.augment else items
             loss, losses = step_loss(stack, projector, items, vocab, distil=step >= args.ctc_steps,
                                      kl_batch=args.kl_batch, kl_weight=args.kl_weight, ctc_weight=args.ctc_weight,
                                      prompts=prompts)

@@ -131,6 +131,15 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
         {k: v.tolist() for k, v in load_file(str(exported)).items()}
     assert json.loads((c / "train_config.json").read_text())["init"].startswith(f"{exported} (sha256 ")
+    # --first-batch k: a continuation's step 1 draws the batch its k+1-th step draws without it (lr 0: the
+    # projector stays the exported one, so equal items give equal losses; the batches differ here).
+    drawn = {}
+    for first, steps in ((0, 2), (1, 1)):
+        folder = _linked_copy(a, tmp_path / f"first-batch-{first}")
+        tp.main(["--work", str(folder), *common, "--init", str(exported), "--ctc-steps", "0", "--steps", str(steps),
+                 "--lr", "0", "--no-final-eval", "--first-batch", str(first)])
+        drawn[first] = [loss for _, loss, *_ in _losses(folder)]
+    assert drawn[1] == drawn[0][1:] and drawn[0][0] != drawn[0][1]
     for option in ("--init", "--sentences"):
         with pytest.raises(SystemExit, match=f"{option} .*missing.json: no such file"):
             tp.main(["--work", str(tmp_path / "d"), *common, option, str(tmp_path / "missing.json")])
