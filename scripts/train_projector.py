@@ -1024,13 +1024,13 @@ def main(argv: list[str] | None = None) -> dict:
     with open(work / "log.jsonl", "a") as log_file:
         while step < total:
             t0 = time.perf_counter()
+            drawn = step if step < args.ctc_steps else step + args.first_batch  # --first-batch moves phase 2 only
             if step < args.ctc_steps:
-                batch = batch_indices(args.seed, step, args.ctc_batch_size, len(train))
+                batch = batch_indices(args.seed, drawn, args.ctc_batch_size, len(train))
             else:
-                batch = batch_indices(args.seed, args.first_batch + step - args.ctc_steps, args.batch_size,
-                                      len(train))
+                batch = batch_indices(args.seed, drawn - args.ctc_steps, args.batch_size, len(train))
             items = [train[i] for i in batch]
-            items = augmented(stack, items, args.seed, args.first_batch + step) if args.augment else items
+            items = augmented(stack, items, args.seed, drawn) if args.augment else items
             loss, losses = step_loss(stack, projector, items, vocab, distil=step >= args.ctc_steps,
                                      kl_batch=args.kl_batch, kl_weight=args.kl_weight, ctc_weight=args.ctc_weight,
                                      prompts=prompts)
