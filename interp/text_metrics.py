@@ -12,7 +12,7 @@ from transformers.models.whisper.english_normalizer import BasicTextNormalizer
 
 from interp.errors import DataError
 
-__all__ = ["normalize_transcript", "word_error_rate"]
+__all__ = ["normalize_transcript", "word_edits", "word_error_rate"]
 
 _BASIC = BasicTextNormalizer()
 
@@ -40,19 +40,29 @@ def _word_edits(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
     return previous[-1]
 
 
+def word_edits(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Per pair: word edits of the hypothesis against its reference, and the reference's word count.
+
+    Both after `normalize_transcript`. The per-utterance parts of the corpus WER, for paired bootstraps over
+    utterances (sum of edits / sum of words on each resample).
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    edits, words = [], []
+    for reference, hypothesis in zip(references, hypotheses):
+        ref_words = normalize_transcript(reference).split()
+        edits.append(_word_edits(ref_words, normalize_transcript(hypothesis).split()))
+        words.append(len(ref_words))
+    return edits, words
+
+
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Corpus WER: word edits summed over all pairs / reference words summed, after `normalize_transcript`.
 
     Pooling (rather than averaging per-utterance rates) weights each word equally, as ASR benchmarks do.
     Can exceed 1 when hypotheses insert many words. Raises DataError when the references hold no words.
     """
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    edits = words = 0
-    for reference, hypothesis in zip(references, hypotheses):
-        ref_words = normalize_transcript(reference).split()
-        edits += _word_edits(ref_words, normalize_transcript(hypothesis).split())
-        words += len(ref_words)
-    if words == 0:
+    edits, words = word_edits(references, hypotheses)
+    if sum(words) == 0:
         raise DataError("the reference transcripts contain no words: a word error rate is undefined")
-    return edits / words
+    return sum(edits) / sum(words)
