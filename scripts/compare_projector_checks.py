@@ -25,6 +25,7 @@ from interp.stats import bootstrap_ci
 from interp.text_metrics import word_edits
 
 SYSTEMS = ("mini_ultravox", "whisper_base")  # the transcript fields check_projector.py writes
+FIELDS = ("id", "source", "reference", *SYSTEMS)
 HELD_OUT = "held-out"  # every utterance that is not one of the real LibriSpeech recordings
 
 
@@ -34,8 +35,11 @@ def read_transcripts(path: Path) -> list[dict]:
         raise SystemExit(f"{path} does not exist: write it with scripts/check_projector.py --out {path}")
     try:
         transcripts = json.loads(path.read_text(encoding="utf-8"))["transcripts"]
+        missing = {field for row in transcripts for field in FIELDS if field not in row}
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise SystemExit(f"{path} is not a check_projector.py result with transcripts ({error!r})") from None
+    if missing:
+        raise SystemExit(f"{path}: transcripts without {', '.join(sorted(missing))}: not a check_projector.py result")
     return transcripts
 
 
@@ -52,7 +56,8 @@ def pair_up(a: list[dict], b: list[dict], names: tuple[str, str]) -> list[tuple[
 
 
 def compare(pairs: list[tuple[dict, dict]], n_boot: int, seed: int) -> dict:
-    """Per group (each source, and all held-out utterances): WER of A and B and A - B with a 95 % interval."""
+    """Per group (each held-out source, all held-out utterances, LibriSpeech): WER of A and B, A - B with a
+    95 % interval, for mini-ultravox and for Whisper-base."""
     sources = sorted({a["source"] for a, _ in pairs} - {"librispeech"})
     members = {source: [p for p in pairs if p[0]["source"] == source] for source in sources}
     members[HELD_OUT] = [p for p in pairs if p[0]["source"] != "librispeech"]

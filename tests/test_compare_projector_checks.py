@@ -73,3 +73,6 @@ def test_files_of_different_utterances_or_missing_files_are_one_line(tmp_path) -
     (tmp_path / "other.json").write_text(json.dumps({"figures": {}}))
     with pytest.raises(SystemExit, match="not a check_projector.py result"):
         compare.main([str(a), str(tmp_path / "other.json")])
+    (tmp_path / "partial.json").write_text(json.dumps({"transcripts": [{"id": "val-0", "reference": "a b"}]}))
+    with pytest.raises(SystemExit, match="transcripts without mini_ultravox, source, whisper_base"):
+        compare.main([str(a), str(tmp_path / "partial.json")])
