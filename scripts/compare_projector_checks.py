@@ -26,7 +26,8 @@ from interp.text_metrics import word_edits
 
 SYSTEMS = ("mini_ultravox", "whisper_base")  # the transcript fields check_projector.py writes
 FIELDS = ("id", "source", "reference", *SYSTEMS)
-HELD_OUT = "held-out"  # every utterance that is not one of the real LibriSpeech recordings
+LIBRISPEECH = "librispeech"  # the source of the real recordings; every other source is held-out synthetic speech
+HELD_OUT = "held-out"  # the group of all held-out utterances
 
 
 def read_transcripts(path: Path) -> list[dict]:
@@ -58,10 +59,10 @@ def pair_up(a: list[dict], b: list[dict], names: tuple[str, str]) -> list[tuple[
 def compare(pairs: list[tuple[dict, dict]], n_boot: int, seed: int) -> dict:
     """Per group (each held-out source, all held-out utterances, LibriSpeech): WER of A and B, A - B with a
     95 % interval, for mini-ultravox and for Whisper-base."""
-    sources = sorted({a["source"] for a, _ in pairs} - {"librispeech"})
+    sources = sorted({a["source"] for a, _ in pairs} - {LIBRISPEECH})
     members = {source: [p for p in pairs if p[0]["source"] == source] for source in sources}
-    members[HELD_OUT] = [p for p in pairs if p[0]["source"] != "librispeech"]
-    members["librispeech"] = [p for p in pairs if p[0]["source"] == "librispeech"]
+    members[HELD_OUT] = [p for p in pairs if p[0]["source"] != LIBRISPEECH]
+    members[LIBRISPEECH] = [p for p in pairs if p[0]["source"] == LIBRISPEECH]
     result = {}
     for group, rows in members.items():
         if not rows:

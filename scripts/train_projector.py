@@ -1024,10 +1024,11 @@ def main(argv: list[str] | None = None) -> dict:
     with open(work / "log.jsonl", "a") as log_file:
         while step < total:
             t0 = time.perf_counter()
-            drawn = step if step < args.ctc_steps else step + args.first_batch  # --first-batch moves phase 2 only
             if step < args.ctc_steps:
+                drawn = step
                 batch = batch_indices(args.seed, drawn, args.ctc_batch_size, len(train))
-            else:
+            else:  # --first-batch moves phase 2 only
+                drawn = step + args.first_batch
                 batch = batch_indices(args.seed, drawn - args.ctc_steps, args.batch_size, len(train))
             items = [train[i] for i in batch]
             items = augmented(stack, items, args.seed, drawn) if args.augment else items
