@@ -22,6 +22,9 @@ Stages, all under --work and each skipped when its output is already there (so a
    the CTC and "repeat" rows but never the KL rows (raise --kl-batch to keep as many KL rows per step).
    --n-extra-2 M adds M more from the sentences --n-extra left (extra_sentences_2.json, shards extra2-*), so
    a folder holding links to an earlier folder's shards grows without preparing them again.
+   --n-fortunes K adds K sentences of (e) Debian's fortune cookies (quotations, jokes, proverbs: the
+   conversational English the other sources lack; fortune_sentences.json, shards fortune-*), none that an
+   earlier block picked; they are spoken and used like (d).
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
@@ -284,6 +287,24 @@ def wordnet_sentences(root: Path, seen: set[str]) -> list[str]:
     return sorted(found - seen)
 
 
+def fortune_sentences(root: Path, seen: set[str]) -> list[str]:
+    """The sentences of the fortune cookies in `root` (Debian's fortunes: quotations, jokes, proverbs,
+    definitions; everyday conversational English the other sources lack), same filter as the other sources;
+    sorted, none in `seen`. Attribution lines ("-- Author") and the ascii-art file are left out."""
+    files = sorted(p for p in root.glob("*") if p.is_file() and not p.suffix and p.name != "ascii-art")
+    if not files:
+        raise SystemExit(f"no fortune files in {root}: --n-fortunes needs Debian's fortunes (apt-get install "
+                         "fortunes) or --fortunes pointing at its folder")
+    found = set()
+    for path in files:
+        for cookie in re.split(r"^%$", path.read_text(encoding="utf-8", errors="replace"), flags=re.M):
+            lines = [line for line in cookie.splitlines() if not line.lstrip().startswith("--")]
+            for sentence in _SENTENCE_END.split(" ".join(" ".join(lines).split())):
+                if sentence[:1].isupper() and _CLEAN.match(sentence) and 6 <= len(sentence.split()) <= 25:
+                    found.add(sentence)
+    return sorted(found - seen)
+
+
 def clean_sample(text: str) -> str | None:
     """One plain sentence from a SmolLM2 reply, or None: skips 'Sure, here is...' lead-ins, keeps the first
     sentence, requires ASCII letters and punctuation only (no digits) and 6-25 words."""
@@ -490,48 +511,59 @@ def pick_voice(rng: np.random.Generator, piper_fraction: float, vary) -> dict:
 
 @dataclass(frozen=True)
 class ExtraBlock:
-    """One block of WordNet usage examples: the option that sizes it, its sentence file and its split (shard
-    and id prefix). Each block picks from the sentences the blocks before it left, so that a folder holding
-    links to an earlier folder's shards grows by a new block without preparing them again."""
+    """One block of extra training sentences (no teacher logits): the option that sizes it, its sentence file,
+    its split (shard and id prefix) and its source. Each block picks from the sentences the blocks before it
+    left, so that a folder holding links to an earlier folder's shards grows by a new block without preparing
+    them again."""
 
     arg: str
     file: str
     split: str
     rng_key: tuple[int, ...]
+    source: str = "wordnet"
 
     @property
     def option(self) -> str:
         return "--" + self.arg.replace("_", "-")
 
+    @property
+    def count_key(self) -> str:
+        """Its name in prep_stats.json's counts: the source, numbered from its second block on."""
+        nth = [b for b in EXTRA_BLOCKS if b.source == self.source].index(self) + 1
+        return self.source if nth == 1 else f"{self.source}_{nth}"
+
 
 EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
-                ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)))
+                ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)),
+                ExtraBlock("n_fortunes", "fortune_sentences.json", "fortune", (5,), source="fortunes"))
 
 
 def make_extra_sentences(args, work: Path, data: dict, index: int = 0) -> list[dict]:
-    """Block `index` of EXTRA_BLOCKS: WordNet usage examples spoken for vocabulary (no teacher logits: they
-    join the CTC and "repeat" rows, not the KL rows). Kept apart from sentences.json so that a folder's main
-    data stays as it was made."""
+    """Block `index` of EXTRA_BLOCKS: WordNet usage examples or fortune-cookie sentences spoken for vocabulary
+    and style (no teacher logits: they join the CTC and "repeat" rows, not the KL rows). Kept apart from
+    sentences.json so that a folder's main data stays as it was made."""
     block = EXTRA_BLOCKS[index]
     n, path = getattr(args, block.arg), work / block.file
-    spec = {"version": DATA_VERSION, "seed": args.seed, "wordnet": str(args.wordnet),
-            **{earlier.arg: getattr(args, earlier.arg) for earlier in EXTRA_BLOCKS[:index + 1]}}
+    earlier = [b for b in EXTRA_BLOCKS[:index] if getattr(args, b.arg)]
+    spec = {"version": DATA_VERSION, "seed": args.seed, block.source: str(getattr(args, block.source)),
+            **{b.arg: getattr(args, b.arg) for b in [*earlier, block]}}
     if path.exists():
         extra = json.loads(path.read_text())
         if extra["spec"] != spec:
             raise SystemExit(f"{path} was made with {extra['spec']}, not {spec}: use a new --work folder")
         return extra["items"]
     seen = suite_texts() | {it["text"] for split in data["items"].values() for it in split}
-    for earlier in range(index):
-        seen |= {it["text"] for it in make_extra_sentences(args, work, data, earlier)}
-    found = wordnet_sentences(args.wordnet, seen)
+    for b in earlier:
+        seen |= {it["text"] for it in make_extra_sentences(args, work, data, EXTRA_BLOCKS.index(b))}
+    read = wordnet_sentences if block.source == "wordnet" else fortune_sentences
+    found = read(getattr(args, block.source), seen)
     if len(found) < n:
-        raise SystemExit(f"{block.option} {n}: WordNet gives only {len(found)} new sentences")
+        raise SystemExit(f"{block.option} {n}: {block.source} gives only {len(found)} new sentences")
     rng = np.random.default_rng([args.seed, *block.rng_key])
     picked = [found[i] for i in sorted(rng.choice(len(found), size=n, replace=False))]
     from interp.data.tts import vary_settings
 
-    items = [{"id": f"{block.split}-{i:05d}", "text": text, "source": "wordnet",
+    items = [{"id": f"{block.split}-{i:05d}", "text": text, "source": block.source,
               **pick_voice(rng, args.piper_fraction, vary_settings)} for i, text in enumerate(picked)]
     _atomic_write_text(path, json.dumps({"spec": spec, "available": len(found), "items": items}, indent=1))
     return items
@@ -652,7 +684,7 @@ def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
     for index, block in enumerate(EXTRA_BLOCKS):
         if getattr(args, block.arg):
             prepare_split(args, stack, work, block.split, make_extra_sentences(args, work, data, index), stats)
-            extra["wordnet" if index == 0 else f"wordnet_{index + 1}"] = getattr(args, block.arg)
+            extra[block.count_key] = getattr(args, block.arg)
     if extra:
         stats["counts"] = {**data["counts"], "extra": extra}
     stats["last_prep_call_s"] = time.perf_counter() - t0
@@ -661,6 +693,19 @@ def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
 
 
 # ---------------------------------------------------------------------------------------------- training
+
+def drawn_pool(train: list[dict], draw_from: str | None) -> list[dict]:
+    """The part of the training pool batches come from: items of the --draw-from splits (an id's prefix), in
+    pool order; all of it without --draw-from. The CTC vocabulary stays the whole pool's."""
+    if draw_from is None:
+        return train
+    wanted = set(draw_from.split(","))
+    present = {it["id"].rsplit("-", 1)[0] for it in train}
+    if wanted - present:
+        raise SystemExit(f"--draw-from {draw_from}: this folder has no {', '.join(sorted(wanted - present))} "
+                         f"split (it has {', '.join(sorted(present))})")
+    return [it for it in train if it["id"].rsplit("-", 1)[0] in wanted]
+
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> list[int]:
     """Items of step `step` (0-based): consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
@@ -910,6 +955,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "links an earlier folder's --n-extra shards without preparing them again")
     p.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"),
                    help="WordNet 3.0 dict folder (data.noun, ...) for --n-extra")
+    p.add_argument("--n-fortunes", type=int, default=0,
+                   help="more training utterances from fortune cookies' sentences (quotations, jokes, proverbs), "
+                        "without teacher logits; none that an earlier block picked")
+    p.add_argument("--fortunes", type=Path, default=Path("/usr/share/games/fortunes"),
+                   help="fortune files folder for --n-fortunes (Debian: apt-get install fortunes)")
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--kl-max-tokens", type=int, default=16, help="teacher response length for the KL term")
@@ -930,6 +980,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="phase-2 batches start at this batch of the seeded order instead of the first: with --init "
                         "on the same data, the phase-2 steps the init run took, so that the continuation draws "
                         "the items that run did not (with 0 it draws that run's batches again)")
+    p.add_argument("--draw-from", default=None,
+                   help="comma-separated splits the batches are drawn from (train, extra, extra2, fortune; "
+                        "default: all of the folder's): with --init, e.g. train,fortune keeps the batches on the "
+                        "teacher-logit items and a new block instead of utterances the init run heard already")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default 5%% of --steps)")
@@ -945,7 +999,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-final-eval", action="store_true", help="skip the full validation WER at the end")
     args = p.parse_args(argv)
     for block, before in zip(EXTRA_BLOCKS[1:], EXTRA_BLOCKS):
-        if getattr(args, block.arg) and not getattr(args, before.arg):
+        if block.source == before.source and getattr(args, block.arg) and not getattr(args, before.arg):
             p.error(f"{block.option} needs {before.option} (it picks from the WordNet sentences that block left)")
     args.kl_batch = args.batch_size // 2 if args.kl_batch is None else args.kl_batch
     args.warmup = max(1, round(0.05 * args.steps)) if args.warmup is None else args.warmup
@@ -953,13 +1007,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
-_DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_val", "lm_fraction", "real_fraction", "piper_fraction",
-              "top_k", "kl_max_tokens", "seed")
+_DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_fortunes", "n_val", "lm_fraction", "real_fraction",
+              "piper_fraction", "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
-               "weight_decay", "warmup", "augment", "init", "first_batch")
+               "weight_decay", "warmup", "augment", "init", "first_batch", "draw_from")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "augment": False, "init": None,
-               "first_batch": 0}
+_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "n_fortunes": 0, "augment": False,
+               "init": None, "first_batch": 0, "draw_from": None}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -1015,6 +1069,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = sum(e.get("step_s", 0.0) for e in log)
     prompts = kl_prompts()
     vocab = ctc_vocabulary(stack, train)
+    pool = drawn_pool(train, args.draw_from)
 
     from tqdm import tqdm
 
@@ -1026,11 +1081,11 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             if step < args.ctc_steps:
                 drawn = step
-                batch = batch_indices(args.seed, drawn, args.ctc_batch_size, len(train))
+                batch = batch_indices(args.seed, drawn, args.ctc_batch_size, len(pool))
             else:  # --first-batch moves phase 2 only
                 drawn = step + args.first_batch
-                batch = batch_indices(args.seed, drawn - args.ctc_steps, args.batch_size, len(train))
-            items = [train[i] for i in batch]
+                batch = batch_indices(args.seed, drawn - args.ctc_steps, args.batch_size, len(pool))
+            items = [pool[i] for i in batch]
             items = augmented(stack, items, args.seed, drawn) if args.augment else items
             loss, losses = step_loss(stack, projector, items, vocab, distil=step >= args.ctc_steps,
                                      kl_batch=args.kl_batch, kl_weight=args.kl_weight, ctc_weight=args.ctc_weight,
@@ -1086,12 +1141,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "keys": "UltravoxModel.multi_modal_projector.state_dict()", "dtype": "float32",
                 "parameters": sum(p.numel() for p in projector.parameters()),
                 "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
-                "data": {"train_utterances": len(train), "val_utterances": len(val), "sources": stats.get("counts"),
+                "data": {"train_utterances": len(train), "drawn_utterances": len(pool), "val_utterances": len(val),
+                         "sources": stats.get("counts"),
                          "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside "
                                 "those ranges",
-                         "real_text": "Python language reference (pydoc_data) and installed packages' descriptions"
-                                      + (f"; {sum(getattr(args, b.arg) for b in EXTRA_BLOCKS)} WordNet 3.0 "
-                                         "usage examples" if args.n_extra else "")},
+                         "real_text": "; ".join(
+                             ["Python language reference (pydoc_data) and installed packages' descriptions"]
+                             + [f"{n} {label}" for n, label in (
+                                 (args.n_extra + args.n_extra_2, "WordNet 3.0 usage examples"),
+                                 (args.n_fortunes, "fortune-cookie sentences (Debian fortunes)")) if n])},
                 "training": {**config, "steps_done": step, "completed": result["completed"],
                              "train_seconds": round(train_seconds, 1),
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),

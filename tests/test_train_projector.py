@@ -39,6 +39,19 @@ def _wordnet(root: Path) -> Path:
     return root
 
 
+def _fortunes(root: Path) -> Path:
+    """A fortune folder: cookies split by "%" lines, an attribution, a sentence with digits, one too short, an
+    index file (.dat) and the ascii-art file (both never read)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "wisdom").write_text(
+        "A good reputation is worth more than\nall the money in the bank.  Never promise more than you can keep.\n"
+        "%\nThe early bird gets the worm, but the second mouse gets the cheese.\n\t\t-- Steven Wright\n"
+        "%\nYou have 3 new messages waiting for you.\n%\nToo short to keep.\n%\n")
+    (root / "wisdom.dat").write_bytes(b"\x00\x02binary index")
+    (root / "ascii-art").write_text("Nobody should ever hear this picture spoken aloud by a voice.\n%\n")
+    return root
+
+
 def _linked_copy(work: Path, new: Path) -> Path:
     """A work folder holding copies of `work`'s sentence lists and links to its shards (data prepared once)."""
     (new / "shards").mkdir(parents=True)
@@ -114,19 +127,25 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     # folder that links a's shards and grows them by --n-extra-2 (WordNet sentences a's block did not pick).
     c = _linked_copy(a, tmp_path / "c")
     continued = [*common, "--init", str(exported), "--ctc-steps", "0", "--steps", "1", "--lr", "0", "--no-final-eval",
-                 "--n-extra-2", "2"]
+                 "--n-extra-2", "2", "--n-fortunes", "2", "--fortunes", str(_fortunes(tmp_path / "fortunes")),
+                 "--draw-from", "fortune"]
     assert tp.main(["--work", str(c), *continued, "--export", str(c / "out.safetensors")])["step"] == 1
     # its card nests the card of the projector it started from
     assert json.loads((c / "out.json").read_text())["init_card"] == json.loads(exported.with_suffix(".json").read_text())
     grown = tp.training_pool(c)
     assert [it["id"] for it in grown[:len(pool)]] == [it["id"] for it in pool]
-    block_2 = grown[len(pool):]
+    block_2, fortune = grown[len(pool):-2], grown[-2:]
     assert [it["id"] for it in block_2] == ["extra2-00000", "extra2-00001"]
+    assert [it["id"] for it in fortune] == ["fortune-00000", "fortune-00001"]
+    assert all(it["source"] == "fortunes" and "kl_idx" not in it for it in fortune)
+    assert {it["text"] for it in fortune} < set(tp.fortune_sentences(tmp_path / "fortunes", set()))
+    # --draw-from fortune: its batches come from the fortune block alone (the card says how many items)
+    assert json.loads((c / "out.json").read_text())["data"]["drawn_utterances"] == 2
     assert not {it["text"] for it in block_2} & {it["text"] for it in extra}
     assert all("kl_idx" not in it and it["enc"].shape[1] == 512 for it in block_2)
     assert sorted(p.name for p in (c / "shards").iterdir() if not p.is_symlink()) == \
-        ["extra2-0000.json", "extra2-0000.safetensors"]
-    with pytest.raises(SystemExit, match="--n-extra-2 3: WordNet gives only 2 new sentences"):
+        ["extra2-0000.json", "extra2-0000.safetensors", "fortune-0000.json", "fortune-0000.safetensors"]
+    with pytest.raises(SystemExit, match="--n-extra-2 3: wordnet gives only 2 new sentences"):
         tp.main(["--work", str(_linked_copy(a, tmp_path / "e")), *common, "--n-extra-2", "3", "--prep-only"])
     assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
         {k: v.tolist() for k, v in load_file(str(exported)).items()}
@@ -194,6 +213,30 @@ def test_wordnet_sentences_are_the_glosses_examples_made_plain(tmp_path) -> None
     assert tp.wordnet_sentences(root, {found[0]}) == found[1:]
     with pytest.raises(SystemExit, match="wordnet-base"):
         tp.wordnet_sentences(tmp_path / "missing", set())
+
+
+def test_fortune_sentences_are_the_cookies_sentences(tmp_path) -> None:
+    """Source (e): the cookies' sentences, attributions and the ascii-art file left out, same filter as the other
+    sources; sorted, none in `seen`; no fortune files, one clear exit."""
+    tp = load_script("train_projector")
+    root = _fortunes(tmp_path / "fortunes")
+    found = tp.fortune_sentences(root, set())
+    assert found == ["A good reputation is worth more than all the money in the bank.",
+                     "Never promise more than you can keep.",
+                     "The early bird gets the worm, but the second mouse gets the cheese."]
+    assert tp.fortune_sentences(root, {found[1]}) == [found[0], found[2]]
+    with pytest.raises(SystemExit, match="apt-get install fortunes"):
+        tp.fortune_sentences(tmp_path / "missing", set())
+
+
+def test_draw_from_keeps_the_named_splits_in_pool_order() -> None:
+    tp = load_script("train_projector")
+    pool = [{"id": i} for i in ("train-00000", "train-00001", "extra-00000", "fortune-00000", "fortune-00001")]
+    assert tp.drawn_pool(pool, None) is pool
+    assert [it["id"] for it in tp.drawn_pool(pool, "fortune,train")] == \
+        ["train-00000", "train-00001", "fortune-00000", "fortune-00001"]
+    with pytest.raises(SystemExit, match="no extra2 split .it has extra, fortune, train."):
+        tp.drawn_pool(pool, "train,extra2")
 
 
 def test_work_folders_made_before_a_key_existed_still_resume(tmp_path) -> None:
