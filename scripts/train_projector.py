@@ -63,7 +63,9 @@ Stages, all under --work and each skipped when its output is already there (so a
    train_config.json and the card, which also nests the init file's own card as "init_card"): with
    --ctc-steps 0 it continues distillation of an earlier run, e.g. on its own data in a work folder holding
    links to that run's shards. Give it --first-batch with the phase-2 steps of the run it continues (on the
-   same data and seed): otherwise its steps draw that run's batches again, in the same order.
+   same data and seed): otherwise its steps draw that run's batches again, in the same order. Or give it
+   --draw-from with the splits to draw from (e.g. train,fortune: the teacher-logit items and a block that
+   run never heard; the CTC vocabulary stays the whole pool's).
 4. Every --eval-every steps: greedy "repeat" generation through the student on the first --eval-items
    validation items, WER (interp.text_metrics) logged ("val_wer"), beside the WER of the CTC head's greedy
    reading of the same audio ("val_ctc_wer"); at the end on all validation items.
