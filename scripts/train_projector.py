@@ -247,6 +247,16 @@ def template_sentences(n: int, templates: list[str], rng: np.random.Generator, s
     return out
 
 
+def _plain(sentence: str) -> bool:
+    """The filter every source shares: ASCII letters and punctuation only (no digits), 6-25 words."""
+    return bool(_CLEAN.match(sentence)) and 6 <= len(sentence.split()) <= 25
+
+
+def _plain_sentences(text: str) -> list[str]:
+    """The capitalised plain sentences of a running text (its whitespace already made single spaces)."""
+    return [s for s in _SENTENCE_END.split(text) if s[:1].isupper() and _plain(s)]
+
+
 def real_text_sentences(seen: set[str]) -> list[str]:
     """Plain sentences (capitalised, ASCII letters and punctuation, 6-25 words) from the Python language
     reference (pydoc_data) and installed distributions' descriptions, sorted, none in `seen`. This project's
@@ -262,9 +272,7 @@ def real_text_sentences(seen: set[str]) -> list[str]:
         bodies.append(dist.metadata.get_payload() or dist.metadata.get("Description") or "")
     found = set()
     for body in bodies:
-        for sentence in _SENTENCE_END.split(re.sub(r"\s+", " ", str(body))):
-            if sentence[:1].isupper() and _CLEAN.match(sentence) and 6 <= len(sentence.split()) <= 25:
-                found.add(sentence)
+        found.update(_plain_sentences(re.sub(r"\s+", " ", str(body))))
     return sorted(found - seen)
 
 
@@ -284,7 +292,7 @@ def wordnet_sentences(root: Path, seen: set[str]) -> list[str]:
             for quoted in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
                 text = quoted.strip()
                 text = text[:1].upper() + text[1:] + ("" if text.endswith((".", "?", "!")) else ".")
-                if _CLEAN.match(text) and 6 <= len(text.split()) <= 25:
+                if _plain(text):
                     found.add(text)
     return sorted(found - seen)
 
@@ -301,9 +309,7 @@ def fortune_sentences(root: Path, seen: set[str]) -> list[str]:
     for path in files:
         for cookie in re.split(r"^%$", path.read_text(encoding="utf-8", errors="replace"), flags=re.M):
             lines = [line for line in cookie.splitlines() if not line.lstrip().startswith("--")]
-            for sentence in _SENTENCE_END.split(" ".join(" ".join(lines).split())):
-                if sentence[:1].isupper() and _CLEAN.match(sentence) and 6 <= len(sentence.split()) <= 25:
-                    found.add(sentence)
+            found.update(_plain_sentences(" ".join(" ".join(lines).split())))
     return sorted(found - seen)
 
 
@@ -316,7 +322,7 @@ def clean_sample(text: str) -> str | None:
         return None
     match = re.match(r"^(.*?[.?!])(\s|$)", lines[0])
     sentence = (match.group(1) if match else lines[0]).strip().strip('"')
-    if not _CLEAN.match(sentence) or not 6 <= len(sentence.split()) <= 25:
+    if not _plain(sentence):
         return None
     return sentence
 
@@ -535,6 +541,7 @@ class ExtraBlock:
         return self.source if nth == 1 else f"{self.source}_{nth}"
 
 
+SOURCE_SENTENCES = {"wordnet": wordnet_sentences, "fortunes": fortune_sentences}  # source -> its reader
 EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
                 ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)),
                 ExtraBlock("n_fortunes", "fortune_sentences.json", "fortune", (5,), source="fortunes"))
@@ -557,8 +564,7 @@ def make_extra_sentences(args, work: Path, data: dict, index: int = 0) -> list[d
     seen = suite_texts() | {it["text"] for split in data["items"].values() for it in split}
     for b in earlier:
         seen |= {it["text"] for it in make_extra_sentences(args, work, data, EXTRA_BLOCKS.index(b))}
-    read = wordnet_sentences if block.source == "wordnet" else fortune_sentences
-    found = read(getattr(args, block.source), seen)
+    found = SOURCE_SENTENCES[block.source](getattr(args, block.source), seen)
     if len(found) < n:
         raise SystemExit(f"{block.option} {n}: {block.source} gives only {len(found)} new sentences")
     rng = np.random.default_rng([args.seed, *block.rng_key])
@@ -702,11 +708,11 @@ def drawn_pool(train: list[dict], draw_from: str | None) -> list[dict]:
     if draw_from is None:
         return train
     wanted = set(draw_from.split(","))
-    present = {it["id"].rsplit("-", 1)[0] for it in train}
-    if wanted - present:
-        raise SystemExit(f"--draw-from {draw_from}: this folder has no {', '.join(sorted(wanted - present))} "
-                         f"split (it has {', '.join(sorted(present))})")
-    return [it for it in train if it["id"].rsplit("-", 1)[0] in wanted]
+    splits = [it["id"].rsplit("-", 1)[0] for it in train]
+    if wanted - set(splits):
+        raise SystemExit(f"--draw-from {draw_from}: this folder has no {', '.join(sorted(wanted - set(splits)))} "
+                         f"split (it has {', '.join(sorted(set(splits)))})")
+    return [it for it, split in zip(train, splits) if split in wanted]
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> list[int]:
