@@ -24,7 +24,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    a folder holding links to an earlier folder's shards grows without preparing them again.
    --n-fortunes K adds K sentences of (e) Debian's fortune cookies (quotations, jokes, proverbs: the
    conversational English the other sources lack; fortune_sentences.json, shards fortune-*), none that an
-   earlier block picked; they are spoken and used like (d).
+   earlier block picked; they are spoken and used like (d). --n-fortunes-2 adds a second such block
+   (fortune_sentences_2.json, shards fortune2-*) from those --n-fortunes left.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
@@ -542,9 +543,19 @@ class ExtraBlock:
 
 
 SOURCE_SENTENCES = {"wordnet": wordnet_sentences, "fortunes": fortune_sentences}  # source -> its reader
+SOURCE_LABELS = {"wordnet": "WordNet 3.0 usage examples", "fortunes": "fortune-cookie sentences (Debian fortunes)"}
 EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
                 ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)),
-                ExtraBlock("n_fortunes", "fortune_sentences.json", "fortune", (5,), source="fortunes"))
+                ExtraBlock("n_fortunes", "fortune_sentences.json", "fortune", (5,), source="fortunes"),
+                ExtraBlock("n_fortunes_2", "fortune_sentences_2.json", "fortune2", (5, 2), source="fortunes"))
+
+
+def _block_counts(args) -> dict[str, int]:
+    """Utterances the extra blocks add, summed by source (for the model card)."""
+    counts = dict.fromkeys(SOURCE_SENTENCES, 0)
+    for block in EXTRA_BLOCKS:
+        counts[block.source] += getattr(args, block.arg)
+    return counts
 
 
 def make_extra_sentences(args, work: Path, data: dict, index: int = 0) -> list[dict]:
@@ -966,6 +977,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-fortunes", type=int, default=0,
                    help="more training utterances from fortune cookies' sentences (quotations, jokes, proverbs), "
                         "without teacher logits; none that an earlier block picked")
+    p.add_argument("--n-fortunes-2", type=int, default=0,
+                   help="a second block of fortune utterances, from those --n-fortunes left (grows a folder that "
+                        "links an earlier folder's shards, like --n-extra-2)")
     p.add_argument("--fortunes", type=Path, default=Path("/usr/share/games/fortunes"),
                    help="fortune files folder for --n-fortunes (Debian: apt-get install fortunes)")
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
@@ -989,7 +1003,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "on the same data, the phase-2 steps the init run took, so that the continuation draws "
                         "the items that run did not (with 0 it draws that run's batches again)")
     p.add_argument("--draw-from", default=None,
-                   help="comma-separated splits the batches are drawn from (train, extra, extra2, fortune; "
+                   help="comma-separated splits the batches are drawn from (train, extra, extra2, fortune, fortune2; "
                         "default: all of the folder's): with --init, e.g. train,fortune keeps the batches on the "
                         "teacher-logit items and a new block instead of utterances the init run heard already")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -1008,20 +1022,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     for block, before in zip(EXTRA_BLOCKS[1:], EXTRA_BLOCKS):
         if block.source == before.source and getattr(args, block.arg) and not getattr(args, before.arg):
-            p.error(f"{block.option} needs {before.option} (it picks from the WordNet sentences that block left)")
+            p.error(f"{block.option} needs {before.option} (it picks from the {block.source} sentences that block "
+                    "left)")
     args.kl_batch = args.batch_size // 2 if args.kl_batch is None else args.kl_batch
     args.warmup = max(1, round(0.05 * args.steps)) if args.warmup is None else args.warmup
     return args
 
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
-_DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_fortunes", "n_val", "lm_fraction", "real_fraction",
-              "piper_fraction", "top_k", "kl_max_tokens", "seed")
+_DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_fortunes", "n_fortunes_2", "n_val", "lm_fraction",
+              "real_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
                "weight_decay", "warmup", "augment", "init", "first_batch", "draw_from")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "n_fortunes": 0, "augment": False,
-               "init": None, "first_batch": 0, "draw_from": None}
+_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "n_fortunes": 0, "n_fortunes_2": 0,
+               "augment": False, "init": None, "first_batch": 0, "draw_from": None}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -1155,9 +1170,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "those ranges",
                          "real_text": "; ".join(
                              ["Python language reference (pydoc_data) and installed packages' descriptions"]
-                             + [f"{n} {label}" for n, label in (
-                                 (args.n_extra + args.n_extra_2, "WordNet 3.0 usage examples"),
-                                 (args.n_fortunes, "fortune-cookie sentences (Debian fortunes)")) if n])},
+                             + [f"{n} {SOURCE_LABELS[source]}" for source, n in _block_counts(args).items() if n])},
                 "training": {**config, "steps_done": step, "completed": result["completed"],
                              "train_seconds": round(train_seconds, 1),
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),

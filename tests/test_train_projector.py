@@ -127,24 +127,29 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     # folder that links a's shards and grows them by --n-extra-2 (WordNet sentences a's block did not pick).
     c = _linked_copy(a, tmp_path / "c")
     continued = [*common, "--init", str(exported), "--ctc-steps", "0", "--steps", "1", "--lr", "0", "--no-final-eval",
-                 "--n-extra-2", "2", "--n-fortunes", "2", "--fortunes", str(_fortunes(tmp_path / "fortunes")),
-                 "--draw-from", "fortune"]
+                 "--n-extra-2", "2", "--n-fortunes", "2", "--n-fortunes-2", "1",
+                 "--fortunes", str(_fortunes(tmp_path / "fortunes")), "--draw-from", "fortune,fortune2"]
     assert tp.main(["--work", str(c), *continued, "--export", str(c / "out.safetensors")])["step"] == 1
     # its card nests the card of the projector it started from
     assert json.loads((c / "out.json").read_text())["init_card"] == json.loads(exported.with_suffix(".json").read_text())
     grown = tp.training_pool(c)
     assert [it["id"] for it in grown[:len(pool)]] == [it["id"] for it in pool]
-    block_2, fortune = grown[len(pool):-2], grown[-2:]
+    block_2, fortune = grown[len(pool):-3], grown[-3:]
     assert [it["id"] for it in block_2] == ["extra2-00000", "extra2-00001"]
-    assert [it["id"] for it in fortune] == ["fortune-00000", "fortune-00001"]
+    assert [it["id"] for it in fortune] == ["fortune-00000", "fortune-00001", "fortune2-00000"]
     assert all(it["source"] == "fortunes" and "kl_idx" not in it for it in fortune)
-    assert {it["text"] for it in fortune} < set(tp.fortune_sentences(tmp_path / "fortunes", set()))
-    # --draw-from fortune: its batches come from the fortune block alone (the card says how many items)
-    assert json.loads((c / "out.json").read_text())["data"]["drawn_utterances"] == 2
+    # the second fortune block holds the one sentence the first left: all three, each once
+    assert sorted(it["text"] for it in fortune) == tp.fortune_sentences(tmp_path / "fortunes", set())
+    # --draw-from fortune,fortune2: its batches come from the fortune blocks alone (the card says how many
+    # items), and the card counts the utterances each source gave
+    card = json.loads((c / "out.json").read_text())["data"]
+    assert card["drawn_utterances"] == 3
+    assert card["real_text"].endswith("; 4 WordNet 3.0 usage examples; 3 fortune-cookie sentences (Debian fortunes)")
     assert not {it["text"] for it in block_2} & {it["text"] for it in extra}
     assert all("kl_idx" not in it and it["enc"].shape[1] == 512 for it in block_2)
     assert sorted(p.name for p in (c / "shards").iterdir() if not p.is_symlink()) == \
-        ["extra2-0000.json", "extra2-0000.safetensors", "fortune-0000.json", "fortune-0000.safetensors"]
+        ["extra2-0000.json", "extra2-0000.safetensors", "fortune-0000.json", "fortune-0000.safetensors",
+         "fortune2-0000.json", "fortune2-0000.safetensors"]
     with pytest.raises(SystemExit, match="--n-extra-2 3: wordnet gives only 2 new sentences"):
         tp.main(["--work", str(_linked_copy(a, tmp_path / "e")), *common, "--n-extra-2", "3", "--prep-only"])
     assert {k: v.tolist() for k, v in load_file(str(c / "checkpoint.safetensors")).items()} == \
@@ -354,3 +359,13 @@ def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
     written = json.loads((tmp_path / "check.json").read_text())
     assert [t["reference"] for t in written["transcripts"][:2]] == [it["text"] for it in items[:2]]
     assert written["provenance"]["config"]["held_out"] == "mini_ultravox_heldout.json"
+
+
+def test_a_second_block_needs_the_first_of_its_source(capsys) -> None:
+    """A second block picks from the sentences the first left, so asking for it alone is one clear error."""
+    tp = load_script("train_projector")
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--work", "unused", "--n-extra", "5", "--n-fortunes-2", "1"])
+    assert "--n-fortunes-2 needs --n-fortunes (it picks from the fortunes sentences that block left)" in \
+        capsys.readouterr().err
+    assert tp.parse_args(["--work", "unused", "--n-fortunes", "2", "--n-fortunes-2", "1"]).n_fortunes_2 == 1
