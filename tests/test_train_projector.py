@@ -144,7 +144,8 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
     # items), and the card counts the utterances each source gave
     card = json.loads((c / "out.json").read_text())["data"]
     assert card["drawn_utterances"] == 3
-    assert card["real_text"].endswith("; 4 WordNet 3.0 usage examples; 3 fortune-cookie sentences (Debian fortunes)")
+    assert card["real_text"].endswith(
+        "; 4 WordNet 3.0 usage examples; 3 fortune-cookie sentences (Debian fortunes)")
     assert not {it["text"] for it in block_2} & {it["text"] for it in extra}
     assert all("kl_idx" not in it and it["enc"].shape[1] == 512 for it in block_2)
     assert sorted(p.name for p in (c / "shards").iterdir() if not p.is_symlink()) == \
