@@ -542,8 +542,9 @@ class ExtraBlock:
         return self.source if nth == 1 else f"{self.source}_{nth}"
 
 
-SOURCE_SENTENCES = {"wordnet": wordnet_sentences, "fortunes": fortune_sentences}  # source -> its reader
-SOURCE_LABELS = {"wordnet": "WordNet 3.0 usage examples", "fortunes": "fortune-cookie sentences (Debian fortunes)"}
+# source -> (its reader, its name on the model card); ExtraBlock.source names one, and so does its folder option
+SOURCES = {"wordnet": (wordnet_sentences, "WordNet 3.0 usage examples"),
+           "fortunes": (fortune_sentences, "fortune-cookie sentences (Debian fortunes)")}
 EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
                 ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)),
                 ExtraBlock("n_fortunes", "fortune_sentences.json", "fortune", (5,), source="fortunes"),
@@ -552,7 +553,7 @@ EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
 
 def _block_counts(args) -> dict[str, int]:
     """Utterances the extra blocks add, summed by source (for the model card)."""
-    counts = dict.fromkeys(SOURCE_SENTENCES, 0)
+    counts = dict.fromkeys(SOURCES, 0)
     for block in EXTRA_BLOCKS:
         counts[block.source] += getattr(args, block.arg)
     return counts
@@ -575,7 +576,7 @@ def make_extra_sentences(args, work: Path, data: dict, index: int = 0) -> list[d
     seen = suite_texts() | {it["text"] for split in data["items"].values() for it in split}
     for b in earlier:
         seen |= {it["text"] for it in make_extra_sentences(args, work, data, EXTRA_BLOCKS.index(b))}
-    found = SOURCE_SENTENCES[block.source](getattr(args, block.source), seen)
+    found = SOURCES[block.source][0](getattr(args, block.source), seen)
     if len(found) < n:
         raise SystemExit(f"{block.option} {n}: {block.source} gives only {len(found)} new sentences")
     rng = np.random.default_rng([args.seed, *block.rng_key])
@@ -1003,7 +1004,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "on the same data, the phase-2 steps the init run took, so that the continuation draws "
                         "the items that run did not (with 0 it draws that run's batches again)")
     p.add_argument("--draw-from", default=None,
-                   help="comma-separated splits the batches are drawn from (train, extra, extra2, fortune, fortune2; "
+                   help="comma-separated splits the batches are drawn from (train, "
+                        f"{', '.join(block.split for block in EXTRA_BLOCKS)}; "
                         "default: all of the folder's): with --init, e.g. train,fortune keeps the batches on the "
                         "teacher-logit items and a new block instead of utterances the init run heard already")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -1030,13 +1032,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
-_DATA_KEYS = ("stack", "n_train", "n_extra", "n_extra_2", "n_fortunes", "n_fortunes_2", "n_val", "lm_fraction",
-              "real_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
+_DATA_KEYS = ("stack", "n_train", *(block.arg for block in EXTRA_BLOCKS), "n_val", "lm_fraction", "real_fraction",
+              "piper_fraction", "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
                "weight_decay", "warmup", "augment", "init", "first_batch", "draw_from")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", "n_extra": 0, "n_extra_2": 0, "n_fortunes": 0, "n_fortunes_2": 0,
-               "augment": False, "init": None, "first_batch": 0, "draw_from": None}
+_ADDED_KEYS = {"stack": "mini-ultravox", **{block.arg: 0 for block in EXTRA_BLOCKS}, "augment": False, "init": None,
+               "first_batch": 0, "draw_from": None}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -1170,7 +1172,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "those ranges",
                          "real_text": "; ".join(
                              ["Python language reference (pydoc_data) and installed packages' descriptions"]
-                             + [f"{n} {SOURCE_LABELS[source]}" for source, n in _block_counts(args).items() if n])},
+                             + [f"{n} {SOURCES[source][1]}" for source, n in _block_counts(args).items() if n])},
                 "training": {**config, "steps_done": step, "completed": result["completed"],
                              "train_seconds": round(train_seconds, 1),
                              "wall_seconds_this_call": round(time.perf_counter() - started, 1),
