@@ -101,7 +101,7 @@ def test_second_load_reads_the_cache_without_touching_the_gguf(
     def refuse(gguf: Path) -> None:
         raise AssertionError(f"the GGUF {gguf} was read although the cache is current")
 
-    monkeypatch.setattr(gguf_llm, "_load_from_gguf", refuse)
+    monkeypatch.setattr(gguf_llm, "load_from_gguf", refuse)
     caplog.set_level(logging.INFO, logger=gguf_llm.__name__)
     again = load_gguf_llm("smollm2-135m-instruct")
     assert not [record for record in caplog.records if BUILD_MESSAGE in record.getMessage()]
@@ -210,7 +210,7 @@ def test_a_failed_build_keeps_the_previous_cache_and_leaves_no_temporary_files(
         seen.append(gguf.read_bytes())
         raise RuntimeError("killed during the conversion")
 
-    monkeypatch.setattr(gguf_llm, "_load_from_gguf", crash)
+    monkeypatch.setattr(gguf_llm, "load_from_gguf", crash)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="killed"):
         load_gguf_llm("gemma-3-270m")

@@ -30,7 +30,7 @@ from interp.errors import InterpError
 from interp.models.weights import WeightsMissing, cache_dir, package_dir
 from interp.provenance import provenance
 
-__all__ = ["LLMName", "TextLLM", "ChecksumMismatch", "load_gguf_llm"]
+__all__ = ["LLMName", "TextLLM", "ChecksumMismatch", "load_gguf_llm", "load_from_gguf"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _build_cache(name: str, carrier: _Carrier, source: _Source, folder: Path) ->
     build = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=folder.parent))
     try:
         with _gguf_file(carrier, scratch=build) as gguf:
-            model, tokenizer = _load_from_gguf(gguf)
+            model, tokenizer = load_from_gguf(gguf)
         model.save_pretrained(build)
         tokenizer.save_pretrained(build)
         record = source.to_dict() | {"licence": carrier.licence,
@@ -238,7 +238,7 @@ def _published_sha256(sums_package: str, gguf_name: str) -> str:
     return entries[gguf_name]
 
 
-def _load_from_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_from_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model (dense float32) and tokenizer as transformers reads them from a GGUF file.
 
     dequantize=True is explicit: with the `kernels` package installed, transformers 5.24 would otherwise keep the

@@ -29,7 +29,7 @@ from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
 __all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN",
-           "build_mini_ultravox", "weights_of"]
+           "build_mini_ultravox", "assemble_mini_ultravox", "weights_of"]
 
 _log = logging.getLogger(__name__)
 
@@ -134,20 +134,29 @@ def weights_of(name: str, *, trained: bool = True) -> dict[str, str] | None:
 def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
     """Whisper-base's encoder and SmolLM2 with the shipped, trained projector (`trained=False`: a seeded random
     one, which is where scripts/train_projector.py starts)."""
-    from safetensors.torch import load_file
-
     from interp.models.whisper_ct2 import load_mini_whisper
-    from interp.resources import resource_path
 
     whisper, llm = load_mini_whisper("base"), _smollm2()
-    config = UltravoxConfig(whisper.model.config, llm.model.config, hidden_size=MINI_ULTRAVOX_PROJECTOR_HIDDEN,
+    return assemble_mini_ultravox(whisper.model.config, whisper.model.model.encoder.state_dict(), llm.model,
+                                  llm.tokenizer, whisper.processor.feature_extractor, trained=trained)
+
+
+def assemble_mini_ultravox(whisper_config, encoder_state: dict, llm: nn.Module, tokenizer, feature_extractor, *,
+                           trained: bool = True) -> UltravoxSpeechLM:
+    """mini-ultravox from its parts however they were read: the carrier packages (build_mini_ultravox), or a
+    folder of plain weight files on a machine without them (scripts/train_projector_stream.py --weights)."""
+    from safetensors.torch import load_file
+
+    from interp.resources import resource_path
+
+    config = UltravoxConfig(whisper_config, llm.config, hidden_size=MINI_ULTRAVOX_PROJECTOR_HIDDEN,
                             stack_factor=8, projector_ln_mid=True)
-    model = build_seeded(lambda: UltravoxModel(config, language_model=llm.model), seed=0)
-    model.audio_tower.load_state_dict(whisper.model.model.encoder.state_dict(), strict=True)
+    model = build_seeded(lambda: UltravoxModel(config, language_model=llm), seed=0)
+    model.audio_tower.load_state_dict(encoder_state, strict=True)
     if trained:
         model.multi_modal_projector.load_state_dict(load_file(str(resource_path(MINI_ULTRAVOX_PROJECTOR))),
                                                     strict=True)
-    return UltravoxSpeechLM(model.eval(), llm.tokenizer, whisper.processor.feature_extractor, name="mini-ultravox",
+    return UltravoxSpeechLM(model.eval(), tokenizer, feature_extractor, name="mini-ultravox",
                             weights=weights_of("mini-ultravox", trained=trained))
 
 
