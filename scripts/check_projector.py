@@ -13,6 +13,7 @@ Writes every transcript and the figures, with provenance, to --out.
 Usage: python scripts/check_projector.py --out results/projector-check.json
        python scripts/check_projector.py --work runs/projector --out ...   (a work folder's own held-out split:
        its sentences.json, which `python scripts/train_projector.py --work ... --prep-only` makes)
+       python scripts/check_projector.py --more --out ...   (500 held-out utterances: the 120 and 380 more)
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # the instruction the project
 
 
 HELD_OUT = "mini_ultravox_heldout.json"  # the shipped projector's held-out split, beside it in interp.resources
+HELD_OUT_MORE = "mini_ultravox_heldout_more.json"  # 380 more made the same way (scripts/extend_heldout.py)
 
 
-def held_out_items(work: Path | None, limit: int | None) -> list[dict]:
-    """The held-out utterances: the shipped file's, or the validation split of the work folder `work`."""
+def held_out_items(work: Path | None, limit: int | None, more: bool = False) -> list[dict]:
+    """The held-out utterances: the shipped file's (with `more`, followed by HELD_OUT_MORE's), or the
+    validation split of the work folder `work`."""
     if work is None:
         items = json.loads(resource_path(HELD_OUT).read_text(encoding="utf-8"))["items"]
+        if more:
+            items += json.loads(resource_path(HELD_OUT_MORE).read_text(encoding="utf-8"))["items"]
     else:
         path = work / "sentences.json"
         if not path.exists():
@@ -71,11 +76,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"train_projector.py work folder whose validation split to use (default: {HELD_OUT})")
     parser.add_argument("--out", type=Path, default=None, help="JSON with transcripts, WERs and provenance")
     parser.add_argument("--limit", type=int, default=None, help="first N held-out utterances only")
+    parser.add_argument("--more", action="store_true",
+                        help=f"add the 380 utterances of {HELD_OUT_MORE} (500 in all, ~25 min): intervals about "
+                             "half as wide as the 120's")
     args = parser.parse_args(argv)
+    if args.more and args.work is not None:
+        parser.error("--more adds to the shipped held-out set, not to a --work folder's")
     transformers.utils.logging.set_verbosity_error()
     start = time.perf_counter()
 
-    items = held_out_items(args.work, args.limit)
+    items = held_out_items(args.work, args.limit, args.more)
     audio = [speak(item) for item in items]
     references = [item["text"] for item in items]
     model, whisper = load_model("mini-ultravox"), load_model("mini-whisper")
@@ -111,7 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             {"id": item.id, "source": "librispeech", "reference": ref, "mini_ultravox": rep, "whisper_base": wh}
             for item, ref, rep, wh in zip(libri, libri_refs, libri_repeats, libri_whisper)]
         result["provenance"] = provenance(command="scripts/check_projector.py", seed=None,
-                                          config={"held_out": str(args.work or HELD_OUT), "limit": args.limit,
+                                          config={"held_out": str(args.work or HELD_OUT) + (f" + {HELD_OUT_MORE}" if args.more else ""),
+                                                  "limit": args.limit,
                                                   "prompt": REPEAT_PROMPT, "model": "mini-ultravox"})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -338,13 +338,7 @@ def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
     assert sum(it["source"] == "lm-heldout" for it in items) == 60
     assert not {it["text"] for it in items} & tp.suite_texts()
     assert len({it["text"] for it in items}) == 120
-    for it in items:
-        settings = it["settings"]
-        if it["engine"] == "piper":
-            assert not 0.85 <= settings["length_scale"] <= 1.2 and not 0.4 <= settings["noise_scale"] <= 0.8
-        else:
-            assert settings["voice"].rsplit("+", 1)[1] in {"m5", "m6", "f5"}
-            assert not 140 <= settings["rate_wpm"] < 200 and not 35 <= settings["pitch"] < 65
+    _assert_voices_outside_training(items)
 
     # The shipped projector's training sentences (train_projector.py --sentences) are those of the same work
     # folder: its validation split is this file's, and no training sentence is held out or a suite's.
@@ -360,6 +354,34 @@ def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
     written = json.loads((tmp_path / "check.json").read_text())
     assert [t["reference"] for t in written["transcripts"][:2]] == [it["text"] for it in items[:2]]
     assert written["provenance"]["config"]["held_out"] == "mini_ultravox_heldout.json"
+
+
+def _assert_voices_outside_training(items: list[dict]) -> None:
+    """Piper slower or faster and noisier or cleaner than vary_settings makes it (a value rounded to 3 decimals
+    may land on a range's end), espeak variants it never uses."""
+    for it in items:
+        settings = it["settings"]
+        if it["engine"] == "piper":
+            assert not 0.85 < settings["length_scale"] < 1.2 and not 0.4 < settings["noise_scale"] < 0.8
+        else:
+            assert settings["voice"].rsplit("+", 1)[1] in {"m5", "m6", "f5"}
+            assert not 140 <= settings["rate_wpm"] < 200 and not 35 <= settings["pitch"] < 65
+
+
+def test_more_held_out_utterances_are_new_and_made_like_the_shipped_ones() -> None:
+    """check_projector.py --more: the shipped 120 and 380 more (scripts/extend_heldout.py), none a shipped
+    held-out sentence, a suite item or a training sentence of the shipped list, voices outside the training
+    ranges."""
+    check, tp = load_script("check_projector"), load_script("train_projector")
+    items = check.held_out_items(None, None, more=True)
+    assert items[:120] == check.held_out_items(None, None) and len(items) == 500
+    assert len({it["id"] for it in items}) == len({it["text"] for it in items}) == 500
+    more = items[120:]
+    assert sum(it["source"] == "lm-heldout" for it in more) == sum(it["source"] == "template-heldout" for it in more)
+    trained = json.loads(gzip.decompress((_ROOT / "docs/mini-ultravox/sentences.json.gz").read_bytes()))
+    texts = {it["text"] for it in more}
+    assert not texts & tp.suite_texts() and not texts & {it["text"] for it in trained["items"]["train"]}
+    _assert_voices_outside_training(more)
 
 
 def test_a_second_block_needs_the_first_of_its_source(capsys) -> None:
