@@ -948,6 +948,33 @@ def save_checkpoint(work: Path, projector, optimizer, scheduler, step: int) -> N
     os.replace(tmp, work / "checkpoint.safetensors")
 
 
+def resume(work: Path, projector, optimizer, scheduler, device) -> tuple[int, list[dict]]:
+    """Load the folder's last checkpoint, if any, into projector, optimizer and scheduler; drop the log lines
+    after it. Returns the step to go on from and the log kept."""
+    step = 0
+    if (work / "checkpoint.safetensors").exists():
+        projector.load_state_dict(load_file(str(work / "checkpoint.safetensors")), strict=True)
+        state = torch.load(work / "train_state.pt", weights_only=True, map_location=device)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        _log.info("resumed from step %d", step)
+    log = [entry for entry in read_log(work) if entry["step"] <= step]
+    _atomic_write_text(work / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
+    return step, log
+
+
+def optimizer_step(loss: Tensor, params: list, optimizer, scheduler) -> float:
+    """Backward, clip the gradient norm to 1, step; returns the learning rate the step used."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    return lr
+
+
 def read_log(work: Path) -> list[dict]:
     path = work / "log.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -1090,16 +1117,7 @@ def main(argv: list[str] | None = None) -> dict:
     total = args.ctc_steps + args.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
         args.warmup, args.steps, ctc_steps=args.ctc_steps, ctc_warmup=max(1, round(0.05 * args.ctc_steps))))
-    step = 0
-    if (work / "checkpoint.safetensors").exists():
-        projector.load_state_dict(load_file(str(work / "checkpoint.safetensors")), strict=True)
-        state = torch.load(work / "train_state.pt", weights_only=True, map_location=stack["device"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        _log.info("resumed from step %d", step)
-    log = [entry for entry in read_log(work) if entry["step"] <= step]  # drop lines after the checkpoint
-    _atomic_write_text(work / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
+    step, log = resume(work, projector, optimizer, scheduler, stack["device"])
     train_seconds = sum(e.get("step_s", 0.0) for e in log)
     prompts = kl_prompts()
     vocab = ctc_vocabulary(stack, train)
@@ -1125,12 +1143,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      kl_batch=args.kl_batch, kl_weight=args.kl_weight, ctc_weight=args.ctc_weight,
                                      prompts=prompts)
             values = {k: float(v.detach()) for k, v in (("loss", loss), *losses.items())}
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            lr = optimizer_step(loss, params, optimizer, scheduler)
             step += 1
             dt = time.perf_counter() - t0
             train_seconds += dt

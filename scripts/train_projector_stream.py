@@ -238,16 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     params = list(projector.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, tp.lr_lambda(args.warmup, args.steps))
-    step = 0
-    if (work / "checkpoint.safetensors").exists():
-        projector.load_state_dict(load_file(str(work / "checkpoint.safetensors")), strict=True)
-        state = torch.load(work / "train_state.pt", weights_only=True, map_location=stack["device"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        _log.info("resumed from step %d", step)
-    log = [entry for entry in tp.read_log(work) if entry["step"] <= step]
-    tp._atomic_write_text(work / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
+    step, log = tp.resume(work, projector, optimizer, scheduler, stack["device"])
     train_seconds = sum(e.get("step_s", 0.0) for e in log)
     speech_seconds = sum(e.get("speech_s", 0.0) for e in log)
 
@@ -282,12 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
                 loss, losses = tp.step_loss(stack, projector, items, vocab, distil=True, kl_batch=args.kl_batch,
                                             kl_weight=args.kl_weight, ctc_weight=args.ctc_weight, prompts=prompts)
                 values = {k: float(v.detach()) for k, v in (("loss", loss), *losses.items())}
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
+                lr = tp.optimizer_step(loss, params, optimizer, scheduler)
                 step += 1
                 dt = time.perf_counter() - t0
                 train_seconds += dt
