@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             {"id": item.id, "source": "librispeech", "reference": ref, "mini_ultravox": rep, "whisper_base": wh}
             for item, ref, rep, wh in zip(libri, libri_refs, libri_repeats, libri_whisper)]
         result["provenance"] = provenance(command="scripts/check_projector.py", seed=None,
-                                          config={"held_out": str(args.work or HELD_OUT) + (f" + {HELD_OUT_MORE}" if args.more else ""),
-                                                  "limit": args.limit,
+                                          config={"held_out": str(args.work or HELD_OUT)
+                                                  + (f" + {HELD_OUT_MORE}" if args.more else ""), "limit": args.limit,
                                                   "prompt": REPEAT_PROMPT, "model": "mini-ultravox"})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -6,7 +6,7 @@ Whisper-base's encoder in float16 (41 MB; the converted checkpoint is float16, s
 scripts/train_projector_stream.py --weights reads the folder; its log prints the frozen weights' sha256,
 which must equal the one this script prints.
 
-  python scripts/pack_stack_weights.py .stack          # then: split/carry it, train_projector_stream.py --weights .stack
+  python scripts/pack_stack_weights.py .stack    # then train_projector_stream.py --weights .stack
 """
 from __future__ import annotations
 
