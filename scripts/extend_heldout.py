@@ -45,9 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
     from interp.resources import resource_path
 
     shipped = json.loads(resource_path("mini_ultravox_heldout.json").read_text(encoding="utf-8"))
-    seen = tp.suite_texts() | {it["text"] for it in shipped["items"]}
-    for path in args.exclude:
-        seen |= training_texts(path)
+    excluded = {str(path): training_texts(path) for path in args.exclude}
+    seen = tp.suite_texts() | {it["text"] for it in shipped["items"]}.union(*excluded.values())
     banned = set(seen)
     stack = tp.load_stack("mini-ultravox")
     n_lm = args.n // 2
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "held-out template family, voices outside the training ranges; none in the excluded "
                      "training lists or a suite. scripts/check_projector.py --more scores them too.",
             "made_by": "python scripts/extend_heldout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "excluded": {str(path): len(training_texts(path)) for path in args.exclude},
+            "excluded": {path: len(texts) for path, texts in excluded.items()},
             "counts": counts, "items": items}
     out = args.out or Path(__file__).resolve().parents[1] / "interp" / "resources" / MORE
     out.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

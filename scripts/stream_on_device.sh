@@ -3,7 +3,7 @@
 # device tool), with scripts/train_projector_stream.py.
 #
 #   bash scripts/stream_on_device.sh pack WORK   # here: .dev/c0, c1, ... (~32 MB each) + .dev/pack.sha256
-#   then one device call per chunk but the last:  mkdir -p /tmp/stage && cp .dev/cN /tmp/stage/   (carry .dev/cN)
+#   then one device call per chunk but the last:  bash scripts/stream_on_device.sh stage N   (carry .dev/cN)
 #   and, carrying the last chunk and .dev/pack.sha256:  STEPS=800 MAXMIN=6 bash scripts/stream_on_device.sh run
 #
 # The pack (~193 MB xz, 6 chunks beside the ~27 MB working tree): SmolLM2's GGUF and Whisper-base's float16
@@ -15,6 +15,12 @@
 # join the parts with `cat projector.part* > mini_ultravox_projector.safetensors`.
 set -euo pipefail
 CHUNK=32200000
+# scratch folders on the device machine, outside the repository copy (which each call replaces)
+STAGE=${STAGE:-/tmp/stage} SITE=${SITE:-/tmp/site312} RUN=${RUN:-/tmp/run}
+
+stage() {
+  mkdir -p "$STAGE" && cp ".dev/c$1" "$STAGE"/ && ls "$STAGE"
+}
 
 pack() {
   local work=$1 site=.dev/pack/site
@@ -43,21 +49,21 @@ run() {
   export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
   local repo=$PWD last
   last=$(ls .dev/c? | tail -1)
-  cp "$last" /tmp/stage/
-  (cd /tmp/stage && cat c? > pack.txz && [ "$(sha256sum pack.txz | cut -c1-64)" = "$(cat "$repo"/.dev/pack.sha256)" ] \
+  cp "$last" "$STAGE"/
+  (cd "$STAGE" && cat c? > pack.txz && [ "$(sha256sum pack.txz | cut -c1-64)" = "$(cat "$repo"/.dev/pack.sha256)" ] \
     && python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open('pack.txz'), sys.stdout.buffer)" | tar -xf -)
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site312 /tmp/stage/pack/whl/*.whl
-  export PYTHONPATH=/tmp/stage/pack/site:/tmp/site312:$repo
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$STAGE"/pack/whl/*.whl
+  export PYTHONPATH=$STAGE/pack/site:$SITE:$repo
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
   set +e
-  python3 scripts/train_projector_stream.py --sentences /tmp/stage/pack/stream_sentences.json.gz \
-    --weights /tmp/stage/pack/stack --device "${DEVICE:-cuda}" --init interp/resources/mini_ultravox_projector.safetensors \
-    --work /tmp/run --steps "${STEPS:-800}" --batch-size "${BATCH:-32}" --kl-batch "${KLB:-16}" --lr "${LR:-5e-4}" \
+  python3 scripts/train_projector_stream.py --sentences "$STAGE"/pack/stream_sentences.json.gz \
+    --weights "$STAGE"/pack/stack --device "${DEVICE:-cuda}" --init interp/resources/mini_ultravox_projector.safetensors \
+    --work "$RUN" --steps "${STEPS:-800}" --batch-size "${BATCH:-32}" --kl-batch "${KLB:-16}" --lr "${LR:-5e-4}" \
     --warmup 50 --ctc-weight 1.0 --workers "${WORKERS:-14}" --threads 2 --teacher-batch 256 --ckpt-every 100 \
-    --max-minutes "${MAXMIN:-6}" --export /tmp/run/export/mini_ultravox_projector.safetensors > "$OUT"/train.out 2>&1
+    --max-minutes "${MAXMIN:-6}" --export "$RUN"/export/mini_ultravox_projector.safetensors > "$OUT"/train.out 2>&1
   echo "rc $?"
-  cp /tmp/run/log.jsonl /tmp/run/train_config.json /tmp/run/export/mini_ultravox_projector.json "$OUT"/
-  split -b 9000000 -d -a 1 /tmp/run/export/mini_ultravox_projector.safetensors "$OUT"/projector.part
+  cp "$RUN"/log.jsonl "$RUN"/train_config.json "$RUN"/export/mini_ultravox_projector.json "$OUT"/
+  split -b 9000000 -d -a 1 "$RUN"/export/mini_ultravox_projector.safetensors "$OUT"/projector.part
   tr '\r' '\n' < "$OUT"/train.out | grep -v "step/s" | tail -20
 }
 

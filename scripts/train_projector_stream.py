@@ -92,7 +92,7 @@ def step_tasks(args, sentences: list[dict], step: int, n_prompts: int) -> list[d
     tasks = []
     for row, index in enumerate(tp.batch_indices(args.seed, step, args.batch_size, len(sentences))):
         rng = np.random.default_rng([args.seed, 13, step, row])
-        task = {"id": f"s{step:06d}-{row:02d}", "text": sentences[index]["text"],
+        task = {"id": f"s{step:06d}-{row:02d}", "index": index, "text": sentences[index]["text"],
                 "source": sentences[index].get("source", ""), **tp.pick_voice(rng, args.piper_fraction, vary_settings)}
         if row < args.kl_batch:
             task["kl_prompt"] = int(rng.integers(n_prompts))
@@ -101,36 +101,27 @@ def step_tasks(args, sentences: list[dict], step: int, n_prompts: int) -> list[d
 
 
 _FEATURES = None
+_ORT_THREADS = 1
 
 
 def _init_worker(feature_class: type, feature_config: dict, ort_threads: int) -> None:
-    """Each worker: its feature extractor rebuilt from its config, one torch thread, and onnxruntime sessions
-    (piper) limited to `ort_threads` (by default every session would take all cores, once per worker).
+    """Each worker: its feature extractor rebuilt from its config, one torch thread, and `ort_threads`
+    onnxruntime threads for piper (by default every session would take all cores, once per worker).
 
     The extractor travels as its config, not pickled whole: its mel filters (129 kB pickled) exceed a pipe's
     buffer, and a spawned worker reads its start arguments only after importing this script (torch,
     transformers: seconds), so the parent, writing them, waited for each worker in turn (~14 s each on the
     H200 machine: 200 s before the first step with 14 workers)."""
-    import onnxruntime
-
-    global _FEATURES
-    _FEATURES = feature_class(**feature_config)
+    global _FEATURES, _ORT_THREADS
+    _FEATURES, _ORT_THREADS = feature_class(**feature_config), ort_threads
     torch.set_num_threads(1)
-    session = onnxruntime.InferenceSession
-
-    def limited(model, sess_options=None, **kwargs):
-        options = sess_options or onnxruntime.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = ort_threads
-        return session(model, sess_options=options, **kwargs)
-
-    onnxruntime.InferenceSession = limited
 
 
 def speak(task: dict) -> tuple[np.ndarray, int, float]:
     """A task's log-mel features (mels, frames) as the encoder takes them, its valid mel frames, its seconds."""
     from interp.data.tts import open_engine, settings_from_dict
 
-    utterance = open_engine(task["engine"]).speak(task["text"], settings_from_dict(task["settings"]))
+    utterance = open_engine(task["engine"], _ORT_THREADS).speak(task["text"], settings_from_dict(task["settings"]))
     samples = utterance.samples[:int(tp.MAX_SECONDS * 16_000)]
     fe = _FEATURES
     features = fe([np.asarray(samples, dtype=np.float32)], sampling_rate=16_000, padding="longest",
@@ -265,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
                 t_teacher = time.perf_counter()
                 items = []
                 for task, enc, (_, _, seconds) in zip(tasks, encode_batch(stack, spoken), spoken):
-                    item = {**task, "enc": enc, "tokens": tok(task["text"], add_special_tokens=False)["input_ids"]}
+                    item = {**task, "enc": enc, "tokens": sentences[task["index"]]["tokens"]}
                     if task["id"] in teacher:
                         target = teacher.pop(task["id"])
                         item.update(response=target["response"], kl_idx=target["idx"].long(), kl_logp=target["logp"])

