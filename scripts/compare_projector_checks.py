@@ -5,7 +5,9 @@ projector to the next; 120 utterances cannot tell such a difference from chance 
 utterances (the same resample for both projectors) and prints, per source and for all held-out utterances,
 both corpus WERs and the difference A - B with its percentile interval: an interval that contains 0 is no
 measured gain. Whisper-base's WER is compared the same way, as a check that both files scored the same audio
-alike (it should differ by little more than synthesis noise).
+alike (it should differ by little more than synthesis noise). Where both files record the sha256 of each
+utterance's samples, the held-out utterances whose samples were the same in both checks form one more group
+("same audio"): espeak-ng's output can differ between processes, unless both checks shared an --audio-cache.
 
 Usage: python scripts/compare_projector_checks.py A.json B.json [--n-boot 5000] [--out comparison.json]
        (A.json, B.json: `python scripts/check_projector.py --out ...` with each projector in interp/resources)
@@ -28,6 +30,7 @@ SYSTEMS = ("mini_ultravox", "whisper_base")  # the transcript fields check_proje
 FIELDS = ("id", "source", "reference", *SYSTEMS)
 LIBRISPEECH = "librispeech"  # the source of the real recordings; every other source is held-out synthetic speech
 HELD_OUT = "held-out"  # the group of all held-out utterances
+SAME_AUDIO = "same audio"  # the held-out utterances both checks heard as the same samples
 
 
 def read_transcripts(path: Path) -> list[dict]:
@@ -56,12 +59,19 @@ def pair_up(a: list[dict], b: list[dict], names: tuple[str, str]) -> list[tuple[
     return pairs
 
 
+def has_audio_hashes(pairs: list[tuple[dict, dict]]) -> bool:
+    """Whether both files record the sha256 of each utterance's samples (check_projector.py since 2026-11-27)."""
+    return all("audio_sha256" in row for pair in pairs for row in pair)
+
+
 def compare(pairs: list[tuple[dict, dict]], n_boot: int, seed: int) -> dict:
     """Per group (each held-out source, all held-out utterances, LibriSpeech): WER of A and B, A - B with a
     95 % interval, for mini-ultravox and for Whisper-base."""
     sources = sorted({a["source"] for a, _ in pairs} - {LIBRISPEECH})
     members = {source: [p for p in pairs if p[0]["source"] == source] for source in sources}
     members[HELD_OUT] = [p for p in pairs if p[0]["source"] != LIBRISPEECH]
+    if has_audio_hashes(pairs):
+        members[SAME_AUDIO] = [(a, b) for a, b in members[HELD_OUT] if a["audio_sha256"] == b["audio_sha256"]]
     members[LIBRISPEECH] = [p for p in pairs if p[0]["source"] == LIBRISPEECH]
     result = {}
     for group, rows in members.items():
@@ -92,6 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = pair_up(read_transcripts(args.a), read_transcripts(args.b), (str(args.a), str(args.b)))
     result = compare(pairs, args.n_boot, args.seed)
     print(f"A = {args.a}\nB = {args.b}\n(95 % paired bootstrap intervals, {args.n_boot} resamples of the utterances)")
+    if has_audio_hashes(pairs):
+        print(f"  {result.get(SAME_AUDIO, {'n': 0})['n']} of {result[HELD_OUT]['n']} held-out utterances had the "
+              "same samples in both checks")
+    else:
+        print("  (one file has no audio hashes: whether both checks heard the same samples is unknown)")
     for group, figures in result.items():
         for system in SYSTEMS:
             f = figures[system]

@@ -25,7 +25,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    --n-fortunes K adds K sentences of (e) Debian's fortune cookies (quotations, jokes, proverbs: the
    conversational English the other sources lack; fortune_sentences.json, shards fortune-*), none that an
    earlier block picked; they are spoken and used like (d). --n-fortunes-2 adds a second such block
-   (fortune_sentences_2.json, shards fortune2-*) from those --n-fortunes left.
+   (fortune_sentences_2.json, shards fortune2-*) from those --n-fortunes left, and --n-fortunes-3 a third
+   (fortune_sentences_3.json, shards fortune3-*) from those the first two left.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
@@ -553,7 +554,8 @@ SOURCES = {"wordnet": (wordnet_sentences, "WordNet 3.0 usage examples"),
 EXTRA_BLOCKS = (ExtraBlock("n_extra", "extra_sentences.json", "extra", (4,)),
                 ExtraBlock("n_extra_2", "extra_sentences_2.json", "extra2", (4, 2)),
                 ExtraBlock("n_fortunes", "fortune_sentences.json", "fortune", (5,), source="fortunes"),
-                ExtraBlock("n_fortunes_2", "fortune_sentences_2.json", "fortune2", (5, 2), source="fortunes"))
+                ExtraBlock("n_fortunes_2", "fortune_sentences_2.json", "fortune2", (5, 2), source="fortunes"),
+                ExtraBlock("n_fortunes_3", "fortune_sentences_3.json", "fortune3", (5, 3), source="fortunes"))
 
 
 def _block_counts(args) -> dict[str, int]:
@@ -1017,6 +1019,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-fortunes-2", type=int, default=0,
                    help="a second block of fortune utterances, from those --n-fortunes left (grows a folder that "
                         "links an earlier folder's shards, like --n-extra-2)")
+    p.add_argument("--n-fortunes-3", type=int, default=0,
+                   help="a third block of fortune utterances, from those the first two left")
     p.add_argument("--fortunes", type=Path, default=Path("/usr/share/games/fortunes"),
                    help="fortune files folder for --n-fortunes (Debian: apt-get install fortunes)")
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")

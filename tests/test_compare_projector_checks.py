@@ -55,6 +55,25 @@ def test_difference_is_the_wer_difference_and_the_interval_resamples_utterances_
     assert np.isclose(swapped["low"], -held_out["high"]) and np.isclose(swapped["high"], -held_out["low"])
 
 
+def test_utterances_heard_as_the_same_samples_form_their_own_group(tmp_path, capsys) -> None:
+    """With audio hashes in both files, "same audio" compares only the utterances both checks heard alike."""
+    compare = load_script("compare_projector_checks")
+    a, b = _check_file(tmp_path / "a.json", REFERENCES), _check_file(tmp_path / "b.json", ["x"] * 6)
+    compare.main([str(a), str(b), "--n-boot", "200"])
+    assert "no audio hashes" in capsys.readouterr().out
+    for path, changed in ((a, None), (b, 2)):
+        check = json.loads(path.read_text())
+        for i, row in enumerate(check["transcripts"]):
+            row["audio_sha256"] = f"sha-{i}" + ("-other" if i == changed else "")
+        path.write_text(json.dumps(check))
+    result = compare.main([str(a), str(b), "--n-boot", "200"])
+    same = [i for i in range(6) if i != 2]
+    assert result["same audio"]["n"] == 5 and result["held-out"]["n"] == 6
+    assert result["same audio"]["mini_ultravox"]["wer_b"] == pytest.approx(
+        word_error_rate([REFERENCES[i] for i in same], ["x"] * 5))
+    assert "5 of 6 held-out utterances had the same samples" in capsys.readouterr().out
+
+
 def test_files_of_different_utterances_or_missing_files_are_one_line(tmp_path) -> None:
     compare = load_script("compare_projector_checks")
     a = _check_file(tmp_path / "a.json", REFERENCES)

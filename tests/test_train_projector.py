@@ -325,7 +325,7 @@ def test_augment_frames_is_seeded_leaves_room_for_ctc_and_keeps_the_cache() -> N
     assert float(first.abs().mean()) == pytest.approx(float(enc.float().abs().mean()), rel=0.15)
 
 
-def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
+def test_shipped_held_out_split_is_apart_from_training() -> None:
     """interp/resources/mini_ultravox_heldout.json (what check_projector.py scores by default): 120 sentences from
     the held-out template family and SmolLM2 topics, none a suite's, spoken with voices outside the training
     ranges (vary_settings): piper slower or faster and noisier or cleaner, espeak variants training never used."""
@@ -348,12 +348,6 @@ def test_shipped_held_out_split_is_apart_from_training(tmp_path) -> None:
     assert len(trained["items"]["train"]) == 3000 and len(train_texts) == 3000
     assert not train_texts & {it["text"] for it in items} and not train_texts & tp.suite_texts()
 
-    check = load_script("check_projector")
-    result = check.main(["--limit", "2", "--out", str(tmp_path / "check.json")])
-    assert result["held_out"]["all"]["n"] == 2 and result["librispeech"]["n"] == 4
-    written = json.loads((tmp_path / "check.json").read_text())
-    assert [t["reference"] for t in written["transcripts"][:2]] == [it["text"] for it in items[:2]]
-    assert written["provenance"]["config"]["held_out"] == "mini_ultravox_heldout.json"
 
 
 def _assert_voices_outside_training(items: list[dict]) -> None:
