@@ -386,3 +386,6 @@ def test_a_second_block_needs_the_first_of_its_source(capsys) -> None:
     assert "--n-fortunes-2 needs --n-fortunes (it picks from the fortunes sentences that block left)" in \
         capsys.readouterr().err
     assert tp.parse_args(["--work", "unused", "--n-fortunes", "2", "--n-fortunes-2", "1"]).n_fortunes_2 == 1
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--work", "unused", "--n-fortunes", "2", "--n-fortunes-3", "1"])
+    assert "--n-fortunes-3 needs --n-fortunes-2" in capsys.readouterr().err
