@@ -5,7 +5,7 @@ interp/resources/mini_ultravox_projector.safetensors) on the held-out utterances
 training: interp/resources/mini_ultravox_heldout.json (by default), or the validation split of another
 train_projector.py work folder (--work). Their sentences come from a template family and SmolLM2 topics/styles
 that training never saw, spoken with voice settings outside the training ranges. The audio is synthesised
-again from the recorded text and settings (both TTS engines are deterministic given the settings' seed).
+again from the recorded text and settings (piper's output is reproducible; espeak-ng's, see below, nearly).
 Prints mini-ultravox's WER (greedy, the training prompt) with Whisper-base's WER on the same audio beside
 it, per source and overall, then both on the 4 shipped LibriSpeech utterances (real read speech).
 Writes every transcript (with the sha256 of the samples it was made from) and the figures, with provenance, to
@@ -18,8 +18,9 @@ with the same DIR score the same samples, and all but the first skip synthesis a
 scores an exported projector in place of the shipped one, without copying it into interp/resources.
 
 Usage: python scripts/check_projector.py --out results/projector-check.json
-       python scripts/check_projector.py --more --audio-cache runs/check-audio --projector runs/x/export/\
-mini_ultravox_projector.safetensors --out results/x-check500.json   (then the shipped one with the same cache)
+       python scripts/check_projector.py --more --audio-cache runs/check-audio --out results/shipped-check500.json
+       python scripts/check_projector.py --more --audio-cache runs/check-audio \\
+           --projector runs/x/export/mini_ultravox_projector.safetensors --out results/x-check500.json
        python scripts/check_projector.py --work runs/projector --out ...   (a work folder's own held-out split:
        its sentences.json, which `python scripts/train_projector.py --work ... --prep-only` makes)
        python scripts/check_projector.py --more --out ...   (500 held-out utterances: the 120 and 380 more)

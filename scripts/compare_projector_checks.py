@@ -10,7 +10,8 @@ utterance's samples, the held-out utterances whose samples were the same in both
 ("same audio"): espeak-ng's output can differ between processes, unless both checks shared an --audio-cache.
 
 Usage: python scripts/compare_projector_checks.py A.json B.json [--n-boot 5000] [--out comparison.json]
-       (A.json, B.json: `python scripts/check_projector.py --out ...` with each projector in interp/resources)
+       (A.json, B.json: `python scripts/check_projector.py --out ...` of each projector, best with one
+       --audio-cache for both and --projector for the one not shipped)
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def has_audio_hashes(pairs: list[tuple[dict, dict]]) -> bool:
 
 
 def compare(pairs: list[tuple[dict, dict]], n_boot: int, seed: int) -> dict:
-    """Per group (each held-out source, all held-out utterances, LibriSpeech): WER of A and B, A - B with a
-    95 % interval, for mini-ultravox and for Whisper-base."""
+    """Per group (each held-out source, all held-out utterances, those heard as the same samples where both
+    files say, LibriSpeech): WER of A and B, A - B with a 95 % interval, for mini-ultravox and Whisper-base."""
     sources = sorted({a["source"] for a, _ in pairs} - {LIBRISPEECH})
     members = {source: [p for p in pairs if p[0]["source"] == source] for source in sources}
     members[HELD_OUT] = [p for p in pairs if p[0]["source"] != LIBRISPEECH]
