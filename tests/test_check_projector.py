@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from interp.data.audio import read_audio
+from interp.data.loaders import load_librispeech
 from interp.resources import resource_path
 from tests.helpers import load_script
 
@@ -59,6 +61,33 @@ def test_cached_samples_are_what_a_check_hears(tmp_path) -> None:
     assert spoken.size > 1600 and check.samples_sha256(spoken) != check.samples_sha256(np.zeros(1600, np.float32))
 
 
+def test_loop_guards_reach_greedy_decoding(monkeypatch) -> None:
+    """--no-repeat-ngram 1 leaves no token twice in an answer whose plain greedy decoding repeated one, and
+    setting the guards back to 0 / 1.0 gives plain greedy's tokens again."""
+    check = load_script("check_projector")
+    model = check.load_mini_ultravox(None)
+    lm = model.model.language_model
+    answers = []  # the token ids each generate call returned
+    real_generate = lm.generate
+    monkeypatch.setattr(lm, "generate", lambda **kw: answers.append(real_generate(**kw)[0].tolist()) or
+                        torch.tensor([answers[-1]]))
+    clips = [read_audio(item.recording)[0] for item in load_librispeech(resource_path("speech/librispeech"))]
+
+    def decode_all(no_repeat_ngram: int) -> list[list[int]]:
+        assert check.guard_loops(model, no_repeat_ngram, 1.0)["no_repeat_ngram_size"] == no_repeat_ngram
+        answers.clear()
+        for clip in clips:
+            model.generate(clip, check.REPEAT_PROMPT, max_new_tokens=40)
+        return list(answers)
+
+    greedy = decode_all(0)
+    repeating = [i for i, ids in enumerate(greedy) if len(set(ids)) < len(ids)]
+    assert repeating  # 40 greedy tokens of read speech repeat some token
+    guarded = decode_all(1)
+    assert all(len(set(guarded[i])) == len(guarded[i]) for i in repeating)
+    assert decode_all(0) == greedy
+
+
 def test_a_projector_that_is_not_mini_ultravox_is_one_line(tmp_path) -> None:
     check = load_script("check_projector")
     with pytest.raises(SystemExit, match="no such file"):
@@ -67,3 +96,5 @@ def test_a_projector_that_is_not_mini_ultravox_is_one_line(tmp_path) -> None:
     save_file({"linear.weight": torch.zeros(2, 2)}, str(wrong))
     with pytest.raises(SystemExit, match="not a mini-ultravox projector"):
         check.main(["--limit", "1", "--projector", str(wrong)])
+    with pytest.raises(SystemExit):  # argparse's one line: "--no-repeat-ngram must be >= 0 ..."
+        check.main(["--no-repeat-ngram", "-1"])
