@@ -276,6 +276,48 @@ def test_ctc_head_reads_token_embeddings_back_and_scores_them_low() -> None:
     assert forward < 0.05 < backward
 
 
+def test_shared_head_runs_once_and_changes_nothing_but_rounding() -> None:
+    """The positions every row shares (system prompt and chat template) run once as a KV cache: the suffix
+    logits and the gradient reaching the audio equal those of full rows, for the repeat prompt alone and for
+    mixed KL prompts whose heads part where their instructions begin; a plain prompt shares nothing."""
+    tp = load_script("train_projector")
+    stack = tp.load_stack()
+    tok = stack["tokenizer"]
+    prompts = tp.kl_prompts()
+    assert tp.shared_head(tok, [tp.REPEAT_PROMPT]) == len(tp.prompt_parts(tok, tp.REPEAT_PROMPT)[0]) > 20
+    mixed = [tp.REPEAT_PROMPT, prompts[3], prompts[6]]  # chat prompts; 0-2 and 8-9 are plain
+    assert 20 < tp.shared_head(tok, mixed) < min(len(tp.prompt_parts(tok, p)[0]) for p in mixed)
+    assert tp.shared_head(tok, [tp.REPEAT_PROMPT, prompts[-2]]) == 0
+    generator = torch.Generator().manual_seed(0)
+    items = [{"enc": torch.zeros(n, 512)} for n in (40, 64, 24)]
+    suffixes = [tok(text, add_special_tokens=False)["input_ids"]
+                for text in ("a gull circled above", "the boats came home late", "yes")]
+    for row_prompts in ([tp.REPEAT_PROMPT] * 3, mixed):
+        audio = torch.randn(3, 8, 576, generator=generator).requires_grad_(True)
+        embeds, mask, starts = tp.build_rows(stack, audio, items, row_prompts, suffixes)
+        counts = [len(s) for s in suffixes]
+        full = tp.suffix_logits(stack, embeds, mask, starts, counts)
+        (full_grad,) = torch.autograd.grad(sum(lg.logsumexp(-1).sum() for lg in full), audio)
+        embeds, mask, starts = tp.build_rows(stack, audio, items, row_prompts, suffixes)
+        cached = tp.suffix_logits(stack, embeds, mask, starts, counts, tp.shared_head(tok, row_prompts))
+        (cached_grad,) = torch.autograd.grad(sum(lg.logsumexp(-1).sum() for lg in cached), audio)
+        assert all(torch.allclose(a, b, atol=1e-3, rtol=1e-4) for a, b in zip(full, cached))
+        assert float((cached_grad - full_grad).norm() / full_grad.norm()) < 1e-4 and float(full_grad.norm()) > 0
+
+    # a whole phase-2 step: repeat rows, KL rows under chat and plain prompts (a pass per prompt), CTC
+    kl_items = [{"enc": torch.randn(8 * n, 512, generator=generator), "tokens": suffix,
+                 "response": suffix, "kl_prompt": prompt, "kl_idx": torch.randint(0, 49152, (len(suffix), 32)),
+                 "kl_logp": torch.log(0.9 * torch.softmax(torch.randn(len(suffix), 32, generator=generator), -1))}
+                for n, suffix, prompt in zip((5, 8, 3), suffixes, (3, 0, 3))]
+    projector = tp.fresh_projector(stack, 0)
+    vocab = tp.ctc_vocabulary(stack, kl_items)
+    losses = [{k: float(v.detach()) for k, v in tp.step_loss(stack, projector, kl_items, vocab, distil=True,
+                                                             kl_batch=3, prompts=prompts, reuse_head=reuse)[1].items()}
+              for reuse in (False, True)]
+    assert losses[0]["kl"] > 0
+    assert all(abs(losses[0][k] - losses[1][k]) < 1e-4 * losses[0][k] for k in losses[0])
+
+
 def test_loss_curve_figure_draws_both_phases_and_measures_a_rerun(tmp_path, capsys) -> None:
     """plot_projector_training.py: phase-1 lines (CTC only) and phase-2 lines both drawn; a rerun that retraced
     the run reports 0, one that differs reports the largest difference over the shared steps."""
