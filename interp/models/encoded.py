@@ -15,7 +15,7 @@ from torch import Tensor
 
 from interp.data.audio import SAMPLE_RATE
 from interp.models.base import SpeechBatch
-from interp.models.prompting import choice_log_likelihoods, choice_token_ids
+from interp.models.prompting import choice_token_ids
 
 __all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations", "on_device", "score_after_prompt"]
 
@@ -105,14 +105,12 @@ class EncodedSpeechLM(ABC):
 
     @torch.no_grad()
     def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
-        """(choices,) float64: summed log-probability of each choice's tokens after the prompt."""
+        """(choices,) float64: summed log-probability of each choice's tokens after the prompt. The audio and
+        the prompt run once; the choices continue from the prompt's KV cache (see score_after_prompt)."""
         ids = choice_token_ids(self.tokenizer, choices)
-        batch = self._encode([audio] * len(choices), [prompt] * len(choices), ids)
-        lengths = [len(choice) for choice in ids]
-        starts = [int(end) - length for end, length in zip(batch.attention_mask.sum(-1), lengths)]
-        scores = choice_log_likelihoods(self.logits(batch), batch.input_ids, choice_start=starts,
-                                        choice_length=lengths)
-        return scores.cpu().numpy()
+        batch = self.prepare([audio], [prompt])
+        prompt_out = self.model(**on_device(batch.inputs, self.model), use_cache=True)
+        return score_after_prompt(self.model, prompt_out, batch.input_ids.shape[1], ids, pad_id=self.pad_id).numpy()
 
     @torch.no_grad()
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:

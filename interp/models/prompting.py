@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from interp.errors import InterpError
 from interp.models.base import AUDIO_PLACEHOLDER
 
-__all__ = ["PlainPrompt", "split_prompt", "chat_text", "choice_token_ids", "choice_log_likelihoods"]
+__all__ = ["PlainPrompt", "split_prompt", "chat_text", "choice_token_ids"]
 
 
 class PlainPrompt(str):
@@ -56,21 +54,3 @@ def choice_token_ids(tokenizer: PreTrainedTokenizerBase, choices: Sequence[str])
     if any(not choice for choice in ids):
         raise InterpError("an answer choice tokenises to nothing; choices must be non-empty text")
     return ids
-
-
-def choice_log_likelihoods(logits: Tensor, input_ids: Tensor, *, choice_start: Sequence[int],
-                           choice_length: Sequence[int]) -> Tensor:
-    """Summed log-probability of each row's choice tokens.
-
-    logits: (rows, seq, vocab) from a forward pass over prompt + choice; input_ids: (rows, seq);
-    choice_start/choice_length: where each row's choice tokens sit. Computed in float64.
-    Returns (rows,) float64: Σ_t log softmax(logits[t-1])[input_ids[t]] over the choice positions t.
-    """
-    log_probs = torch.log_softmax(logits.double(), dim=-1)
-    input_ids = input_ids.to(logits.device)
-    scores = []
-    for row, (start, length) in enumerate(zip(choice_start, choice_length)):
-        positions = torch.arange(start, start + length, device=logits.device)
-        targets = input_ids[row, positions]
-        scores.append(log_probs[row, positions - 1, targets].sum())
-    return torch.stack(scores)
