@@ -31,8 +31,14 @@ app.add_typer(models_app, name="models")
 
 
 @app.callback()
-def _setup(log_level: str = typer.Option("WARNING", help="Logging level: DEBUG, INFO, WARNING, ERROR.")) -> None:
+def _setup(log_level: str = typer.Option("WARNING", help="Logging level: DEBUG, INFO, WARNING, ERROR."),
+           threads: Optional[int] = typer.Option(None, min=1, help="Torch threads for any command (default: "
+                                                 "torch's, one per core); `probe` and `demo` set their own.")) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _progress(units, *, total: int, desc: str):

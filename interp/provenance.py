@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,12 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _torch_threads() -> int | None:
+    """Torch's intra-op threads (they change the order of float sums), or None where torch was never loaded."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 def provenance(*, command: str, config: dict[str, Any], seed: int | None) -> dict[str, Any]:
     """The provenance block written beside (or inside) a result.
 
@@ -60,6 +67,7 @@ def provenance(*, command: str, config: dict[str, Any], seed: int | None) -> dic
         "config": config,
         "seed": seed,
         "versions": _versions(),
+        "torch_threads": _torch_threads(),
         "git_commit": _git_commit(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

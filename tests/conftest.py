@@ -13,9 +13,9 @@ from tests.helpers import run_cli
 
 @pytest.fixture(scope="session")
 def sentiment_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 12-item piper-spoken sentiment set."""
+    """A 12-item piper-spoken sentiment set (made with the global --threads option, which its provenance records)."""
     out = tmp_path_factory.mktemp("sets") / "sentiment"
-    result = run_cli("data", "synth", "sentiment", "--n", "12", "--seed", "0", "--out", out)
+    result = run_cli("--threads", "1", "data", "synth", "sentiment", "--n", "12", "--seed", "0", "--out", out)
     assert result.returncode == 0, result.stderr
     return out
 

@@ -99,10 +99,11 @@ def test_unknown_suite_and_odd_pair_count_are_refused() -> None:
 
 
 def test_synth_cli_writes_provenance(sentiment_set: Path) -> None:
-    """The set records the command, its config, seed, versions and git commit."""
+    """The set records the command, its config, seed, versions, torch threads and git commit."""
     import json
 
     provenance = json.loads((sentiment_set / "provenance.json").read_text())
     assert provenance["command"] == "interp data synth"
     assert provenance["config"]["task"] == "sentiment" and provenance["seed"] == 0
     assert "numpy" in provenance["versions"] and "git_commit" in provenance
+    assert provenance["torch_threads"] == 1  # interp --threads 1 data synth ...
