@@ -1013,6 +1013,28 @@ def read_log(work: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def projector_card(stack, projector, *, data: dict, training: dict, recent: list[dict], init: Path | None,
+                   **more) -> dict:
+    """The card written beside an exported projector (by both trainers): what it is, what it heard, how it was
+    trained and on what, its mean losses over the last logged steps (`recent`), `more` (e.g. validation WERs)
+    and, after --init, the card of the projector it started from: a chain of --init runs nests to its first."""
+    device = stack["device"]
+    hardware = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+                f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU")
+    card = {"model": f"{stack['name']} projector (UltravoxProjector, stack 8, hidden "
+                     f"{stack['model'].config.hidden_size}, ln_mid)",
+            "keys": "UltravoxModel.multi_modal_projector.state_dict()", "dtype": "float32",
+            "parameters": sum(p.numel() for p in projector.parameters()),
+            "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
+            "data": data, "training": {**training, "hardware": hardware},
+            "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent])) for k in ("loss", "ce", "kl", "ctc")}
+            if recent else None,
+            **more, "log": "log.jsonl in the --work folder"}
+    if init is not None and init.with_suffix(".json").is_file():
+        card["init_card"] = json.loads(init.with_suffix(".json").read_text())
+    return card
+
+
 def export(path: Path, projector, card: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in projector.state_dict().items()}, str(path),
@@ -1218,34 +1240,18 @@ def main(argv: list[str] | None = None) -> dict:
               f"on {len(eval_items)} held-out utterances")
     if args.export:
         recent = [e for e in read_log(work) if "ce" in e][-50:]
-        card = {"model": f"{stack['name']} projector (UltravoxProjector, stack 8, hidden "
-                         f"{stack['model'].config.hidden_size}, ln_mid)",
-                "keys": "UltravoxModel.multi_modal_projector.state_dict()", "dtype": "float32",
-                "parameters": sum(p.numel() for p in projector.parameters()),
-                "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
-                "data": {"train_utterances": len(train), "drawn_utterances": len(pool), "val_utterances": len(val),
-                         "sources": stats.get("counts"),
-                         "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside "
-                                "those ranges",
-                         "real_text": "; ".join(
-                             ["Python language reference (pydoc_data) and installed packages' descriptions"]
-                             + [f"{n} {SOURCES[source][1]}" for source, n in _block_counts(args).items() if n])},
-                "training": {**config, "steps_done": step, "completed": result["completed"],
-                             "train_seconds": round(train_seconds, 1),
-                             "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-                             "hardware": torch.cuda.get_device_name(stack["device"])
-                                         if stack["device"].type == "cuda" else
-                                         f"{platform.processor() or platform.machine()}, "
-                                         f"{torch.get_num_threads()} torch threads, CPU"},
-                "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent]))
-                                              for k in ("loss", "ce", "kl", "ctc")}
-                if recent else None,
-                "val_wer": result.get("val_wer"), "val_ctc_wer": result.get("val_ctc_wer"),
-                "val_wer_items": result.get("val_items"),
-                "log": "log.jsonl in the --work folder"}
-        if args.init is not None and args.init.with_suffix(".json").is_file():
-            # how the projector it started from was made: a chain of --init runs nests to its first run
-            card["init_card"] = json.loads(args.init.with_suffix(".json").read_text())
+        card = projector_card(
+            stack, projector, recent=recent, init=args.init,
+            data={"train_utterances": len(train), "drawn_utterances": len(pool), "val_utterances": len(val),
+                  "sources": stats.get("counts"),
+                  "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside those ranges",
+                  "real_text": "; ".join(
+                      ["Python language reference (pydoc_data) and installed packages' descriptions"]
+                      + [f"{n} {SOURCES[source][1]}" for source, n in _block_counts(args).items() if n])},
+            training={**config, "steps_done": step, "completed": result["completed"],
+                      "train_seconds": round(train_seconds, 1),
+                      "wall_seconds_this_call": round(time.perf_counter() - started, 1)},
+            val_wer=result.get("val_wer"), val_ctc_wer=result.get("val_ctc_wer"), val_wer_items=result.get("val_items"))
         export(args.export, projector, card)
         print(f"exported {args.export} and {args.export.with_suffix('.json')}")
     return result

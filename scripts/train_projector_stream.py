@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import platform
 import sys
 import time
 from pathlib import Path
@@ -292,30 +291,18 @@ def main(argv: list[str] | None = None) -> dict:
               "weights_sha256": fingerprint}
     if args.export:
         recent = [e for e in tp.read_log(work) if "ce" in e][-50:]
-        card = {"model": f"{stack['name']} projector (UltravoxProjector, stack 8, hidden "
-                         f"{stack['model'].config.hidden_size}, ln_mid)",
-                "keys": "UltravoxModel.multi_modal_projector.state_dict()", "dtype": "float32",
-                "parameters": sum(p.numel() for p in projector.parameters()),
-                "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
-                "frozen_weights_sha256": fingerprint,
-                "data": {"sentences": len(sentences),
-                         "sources": {s: sum(1 for it in sentences if it.get("source") == s)
-                                     for s in sorted({it.get("source", "") for it in sentences})},
-                         "utterances_heard": step * args.batch_size, "speech_hours": round(speech_seconds / 3600, 2),
-                         "tts": "synthesised during training: piper and espeak-ng, vary_settings drawn per "
-                                "(seed, step, row); no utterance heard twice"},
-                "training": {**config, "script": "scripts/train_projector_stream.py", "steps_done": step,
-                             "completed": result["completed"], "train_seconds": round(train_seconds, 1),
-                             "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-                             "workers": args.workers,
-                             "hardware": torch.cuda.get_device_name(stack["device"])
-                                         if stack["device"].type == "cuda" else
-                                         f"{platform.processor() or platform.machine()}, CPU"},
-                "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent]))
-                                              for k in ("loss", "ce", "kl", "ctc")} if recent else None,
-                "log": "log.jsonl in the --work folder"}
-        if args.init is not None and args.init.with_suffix(".json").is_file():
-            card["init_card"] = json.loads(args.init.with_suffix(".json").read_text())
+        card = tp.projector_card(
+            stack, projector, recent=recent, init=args.init,
+            data={"sentences": len(sentences),
+                  "sources": {s: sum(1 for it in sentences if it.get("source") == s)
+                              for s in sorted({it.get("source", "") for it in sentences})},
+                  "utterances_heard": step * args.batch_size, "speech_hours": round(speech_seconds / 3600, 2),
+                  "tts": "synthesised during training: piper and espeak-ng, vary_settings drawn per (seed, step, "
+                         "row); no utterance heard twice"},
+            training={**config, "script": "scripts/train_projector_stream.py", "steps_done": step,
+                      "completed": result["completed"], "train_seconds": round(train_seconds, 1),
+                      "wall_seconds_this_call": round(time.perf_counter() - started, 1), "workers": args.workers},
+            frozen_weights_sha256=fingerprint)
         tp.export(args.export, projector, card)
         print(f"exported {args.export} and {args.export.with_suffix('.json')}")
     print(f"{step} steps, {train_seconds:.0f} s of steps, {speech_seconds / 3600:.2f} h of speech; last {last}")
