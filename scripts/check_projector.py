@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="forbid any N-gram twice in an answer (transformers' no_repeat_ngram_size; "
                              "default 0: plain greedy, as the acceptance figures)")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, metavar="X",
-                        help="divide the logits of tokens already in the answer by X (default 1.0: none)")
+                        help="penalise tokens already in the answer (transformers' repetition_penalty: their "
+                             "positive logits divided by X, negative ones multiplied; default 1.0: none)")
     args = parser.parse_args(argv)
     if args.no_repeat_ngram < 0 or args.repetition_penalty <= 0:
         parser.error("--no-repeat-ngram must be >= 0 and --repetition-penalty > 0")

@@ -61,6 +61,7 @@ def test_cached_samples_are_what_a_check_hears(tmp_path) -> None:
     assert spoken.size > 1600 and check.samples_sha256(spoken) != check.samples_sha256(np.zeros(1600, np.float32))
 
 
+@pytest.mark.filterwarnings("ignore:Passing `no_repeat_ngram_size`:UserWarning")  # new tokens only: as meant
 def test_loop_guards_reach_greedy_decoding(monkeypatch) -> None:
     """--no-repeat-ngram 1 leaves no token twice in an answer whose plain greedy decoding repeated one, and
     setting the guards back to 0 / 1.0 gives plain greedy's tokens again."""
