@@ -110,7 +110,14 @@ class EncodedSpeechLM(ABC):
         ids = choice_token_ids(self.tokenizer, choices)
         batch = self.prepare([audio], [prompt])
         prompt_out = self.model(**on_device(batch.inputs, self.model), use_cache=True)
-        return score_after_prompt(self.model, prompt_out, batch.input_ids.shape[1], ids, pad_id=self.pad_id).numpy()
+        return score_after_prompt(self._text_model, prompt_out, batch.input_ids.shape[1], ids,
+                                  pad_id=self.pad_id).numpy()
+
+    @property
+    def _text_model(self) -> torch.nn.Module:
+        """What continues a prompt's KV cache with text tokens alone: the model itself where its forward takes
+        text without audio (Qwen2-Audio, Phi-4-MM)."""
+        return self.model
 
     @torch.no_grad()
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:

@@ -11,8 +11,8 @@ from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from interp.data.audio import SAMPLE_RATE
 from interp.models.base import Site, SpeechBatch, llm_sites
-from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad, score_after_prompt
-from interp.models.prompting import chat_text, choice_token_ids, split_prompt
+from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
+from interp.models.prompting import chat_text, split_prompt
 from interp.models.ultravox import ENCODER_DOWNSAMPLING, UltravoxModel, audio_token_count
 
 __all__ = ["UltravoxSpeechLM"]
@@ -89,15 +89,9 @@ class UltravoxSpeechLM(EncodedSpeechLM):
     def unembed(self) -> nn.Module:
         return self.model.language_model.lm_head
 
-    @torch.no_grad()
-    def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
-        """(choices,) float64: summed log-probability of each choice's tokens after the prompt. The audio and
-        the prompt run once; the choices continue from the prompt's KV cache (see score_after_prompt)."""
-        ids = choice_token_ids(self.tokenizer, choices)
-        batch = self.prepare([audio], [prompt])
-        prompt_out = self.model(**on_device(batch.inputs, self.model), use_cache=True)
-        return score_after_prompt(self.model.language_model, prompt_out, batch.input_ids.shape[1], ids,
-                                  pad_id=self.pad_id).numpy()
+    @property
+    def _text_model(self) -> nn.Module:
+        return self.model.language_model  # UltravoxModel's forward expects audio
 
     @torch.no_grad()
     def generate(self, audio: np.ndarray, prompt: str, *, max_new_tokens: int = 32) -> str:
