@@ -532,9 +532,13 @@ def _versions() -> dict[str, str]:
 
 
 def _model_tokenizer(cache: ActivationCache) -> Any:
+    """The cache model's tokenizer: a checkpoint's read alone (no weights), a named model's from the model."""
+    from interp.models.checkpoints import load_checkpoint_tokenizer
     from interp.models.mini import load_model
 
     name = cache.header.model_info.get("spec") or cache.model
+    if ":" in name:
+        return load_checkpoint_tokenizer(name)
     _log.info("loading %s for its tokenizer (the text concept aligns words to its tokens)", name)
     model = load_model(name)
     tokenizer = getattr(model, "tokenizer", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,9 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import WhisperForConditionalGeneration
 
+from interp.erasure import _model_tokenizer
 from interp.errors import InterpError
 from interp.models.cascade import Cascade
-from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_checkpoint
+from interp.models import checkpoints
+from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_checkpoint, load_checkpoint_tokenizer
 from interp.models.mini import load_model
 from interp.models.text_lm import TextLM
 from interp.models.tiny import (save_tiny_checkpoints, tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox,
@@ -210,6 +213,28 @@ def test_the_tiny_checkpoints_load_through_their_specs(tmp_path, ultravox, audio
     assert torch.equal(logits(load(f"phi4mm:{folders['phi4mm']}"), audio[:1]), logits(tiny_phi4mm(seed=0), audio[:1]))
     for asr in ("whisper", "whisper-weak"):
         assert isinstance(load(f"cascade:asr={folders[asr]},llm={folders['llama']}"), Cascade)
+
+
+def test_a_checkpoint_tokenizer_is_read_without_the_weights(tmp_path, monkeypatch) -> None:
+    """What erasure's text concept loads for a checkpoint's cache: the tokenizer the loaded model has (an
+    Ultravox release without one takes its LLM base's), while no weight file is opened."""
+    folders = save_tiny_checkpoints(tmp_path)
+    specs = [f"ultravox:{folders['ultravox']},audio={folders['whisper']},llm={folders['llama']}",
+             f"qwen2-audio:{folders['qwen2-audio']}", f"phi4mm:{folders['phi4mm']}"]
+    text = "The quiet harbour opened early on Sunday."
+    expected = [load(spec).tokenizer(text)["input_ids"] for spec in specs]
+    assert not checkpoints._has_tokenizer(Path(folders["ultravox"]))  # fixie-ai's layout: the tokenizer is the base's
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights read")
+    monkeypatch.setattr(checkpoints, "_pretrained", no_weights)
+    monkeypatch.setattr(checkpoints, "_read_tensors", no_weights)
+    assert [load_checkpoint_tokenizer(spec)(text)["input_ids"] for spec in specs] == expected
+    # erasure's text concept on a cache of that checkpoint (its header names the spec) reads it so
+    cache = SimpleNamespace(header=SimpleNamespace(model_info={"spec": specs[1]}), model="qwen2-audio")
+    assert _model_tokenizer(cache)(text)["input_ids"] == expected[1]
+    with pytest.raises(InterpError, match="names no speech LLM checkpoint"):
+        load_checkpoint_tokenizer(f"cascade:asr={folders['whisper']},llm={folders['llama']}")
 
 
 def test_ultravox_refuses_a_checkpoint_key_it_does_not_use(tmp_path, ultravox, bases) -> None:

@@ -54,7 +54,7 @@ from interp.models.ultravox_lm import UltravoxSpeechLM
 from interp.models.weights import WeightsMissing
 from interp.models.whisper_ct2 import transcribe
 
-__all__ = ["Dtype", "LoadOptions", "load_checkpoint", "CHECKPOINT_SPECS", "WhisperCheckpointASR"]
+__all__ = ["Dtype", "LoadOptions", "load_checkpoint", "load_checkpoint_tokenizer", "CHECKPOINT_SPECS", "WhisperCheckpointASR"]
 
 _log = logging.getLogger(__name__)
 
@@ -133,6 +133,26 @@ def load_checkpoint(spec: str, *, options: LoadOptions) -> object:
         raise InterpError(f"{spec!r} names no path; write {CHECKPOINT_SPECS[kind]}")
     options.torch_device()
     return _LOADERS[kind](spec, rest, options)
+
+
+def load_checkpoint_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of the speech LLM a checkpoint spec names, read without its weights: what erasure's text
+    concept needs to align words to tokens (loading a 7B model for it would take minutes and tens of GB).
+
+    Raises InterpError for a spec that names no speech LLM, WeightsMissing for a folder without a tokenizer.
+    """
+    kind, colon, rest = spec.partition(":")
+    if kind == "qwen2-audio" and rest.strip():
+        return _tokenizer(_checkpoint(_path(rest), "Qwen2-Audio"))
+    if kind == "phi4mm" and rest.strip():
+        return _tokenizer(_checkpoint(_path(rest), "Phi-4-multimodal"))
+    if kind == "ultravox":
+        head, fields = _fields(spec, rest, allowed=(_AUDIO.option, _TEXT.option))
+        if head is not None:
+            folder = _checkpoint(_path(head), "fixie-ai Ultravox")
+            return _ultravox_tokenizer(folder, _base_folder(_TEXT, _config_dict(folder), fields))
+    raise InterpError(f"{spec!r} names no speech LLM checkpoint; write {CHECKPOINT_SPECS['qwen2-audio']}, "
+                      f"{CHECKPOINT_SPECS['ultravox']} or {CHECKPOINT_SPECS['phi4mm']}")
 
 
 class WhisperCheckpointASR:
@@ -485,11 +505,7 @@ def _load_ultravox(spec: str, rest: str, options: LoadOptions) -> UltravoxSpeech
     _missing_bases(folder, raw, parts, {_AUDIO.option: audio_base, _TEXT.option: text_base})
     config = _ultravox_config(folder, raw, audio_base, text_base)
     own = _audio_and_projector(folder, config, parts, audio_base)
-    tokenizer_folder = folder if _has_tokenizer(folder) else text_base
-    if tokenizer_folder is None:
-        raise WeightsMissing(f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json) and no llm base "
-                             f"folder to take one from; pass ultravox:{folder},llm=PATH")
-    tokenizer, feature_extractor = _tokenizer(tokenizer_folder), _feature_extractor(folder, audio_base, config)
+    tokenizer, feature_extractor = _ultravox_tokenizer(folder, text_base), _feature_extractor(folder, audio_base, config)
     # Everything else is checked: now the (large) LLM, then the audio tower and projector around it, built
     # without memory to take the loaded tensors as they are.
     llm = _language_model(folder, config, text_base, parts[_TEXT.prefix], options)
@@ -500,6 +516,15 @@ def _load_ultravox(spec: str, rest: str, options: LoadOptions) -> UltravoxSpeech
     model.load_state_dict({key: value.to(device=device, dtype=options.torch_dtype) for key, value in own.items()},
                           strict=False, assign=True)
     return UltravoxSpeechLM(model.eval(), tokenizer, feature_extractor, name=spec)
+
+
+def _ultravox_tokenizer(folder: Path, text_base: Path | None) -> PreTrainedTokenizerBase:
+    """The checkpoint folder's tokenizer, else its LLM base folder's."""
+    tokenizer_folder = folder if _has_tokenizer(folder) else text_base
+    if tokenizer_folder is None:
+        raise WeightsMissing(f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json) and no llm base "
+                             f"folder to take one from; pass ultravox:{folder},llm=PATH")
+    return _tokenizer(tokenizer_folder)
 
 
 def _feature_extractor(folder: Path, audio_base: Path | None, config: UltravoxConfig) -> WhisperFeatureExtractor:
