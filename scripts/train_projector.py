@@ -1027,8 +1027,8 @@ def projector_card(stack, projector, *, data: dict, training: dict, recent: list
             "parameters": sum(p.numel() for p in projector.parameters()),
             "frozen": "Whisper-base encoder (mini-whisper) + SmolLM2-135M-Instruct",
             "data": data, "training": {**training, "hardware": hardware},
-            "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent])) for k in ("loss", "ce", "kl", "ctc")}
-            if recent else None,
+            "final_losses_mean_last_50": {k: float(np.mean([e[k] for e in recent]))
+                                          for k in ("loss", "ce", "kl", "ctc")} if recent else None,
             **more, "log": "log.jsonl in the --work folder"}
     if init is not None and init.with_suffix(".json").is_file():
         card["init_card"] = json.loads(init.with_suffix(".json").read_text())

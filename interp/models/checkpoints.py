@@ -54,7 +54,8 @@ from interp.models.ultravox_lm import UltravoxSpeechLM
 from interp.models.weights import WeightsMissing
 from interp.models.whisper_ct2 import transcribe
 
-__all__ = ["Dtype", "LoadOptions", "load_checkpoint", "load_checkpoint_tokenizer", "CHECKPOINT_SPECS", "WhisperCheckpointASR"]
+__all__ = ["Dtype", "LoadOptions", "load_checkpoint", "load_checkpoint_tokenizer", "CHECKPOINT_SPECS",
+           "WhisperCheckpointASR"]
 
 _log = logging.getLogger(__name__)
 
@@ -505,7 +506,8 @@ def _load_ultravox(spec: str, rest: str, options: LoadOptions) -> UltravoxSpeech
     _missing_bases(folder, raw, parts, {_AUDIO.option: audio_base, _TEXT.option: text_base})
     config = _ultravox_config(folder, raw, audio_base, text_base)
     own = _audio_and_projector(folder, config, parts, audio_base)
-    tokenizer, feature_extractor = _ultravox_tokenizer(folder, text_base), _feature_extractor(folder, audio_base, config)
+    tokenizer = _ultravox_tokenizer(folder, text_base)
+    feature_extractor = _feature_extractor(folder, audio_base, config)
     # Everything else is checked: now the (large) LLM, then the audio tower and projector around it, built
     # without memory to take the loaded tensors as they are.
     llm = _language_model(folder, config, text_base, parts[_TEXT.prefix], options)
