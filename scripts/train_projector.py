@@ -1013,11 +1013,13 @@ def read_log(work: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def projector_card(stack, projector, *, data: dict, training: dict, recent: list[dict], init: Path | None,
+def projector_card(stack, projector, work: Path, *, data: dict, training: dict, init: Path | None,
                    **more) -> dict:
     """The card written beside an exported projector (by both trainers): what it is, what it heard, how it was
-    trained and on what, its mean losses over the last logged steps (`recent`), `more` (e.g. validation WERs)
-    and, after --init, the card of the projector it started from: a chain of --init runs nests to its first."""
+    trained and on what, its mean losses over the last 50 distillation steps of `work`'s log, `more` (e.g.
+    validation WERs) and, after --init, the card of the projector it started from: a chain of --init runs nests
+    to its first."""
+    recent = [e for e in read_log(work) if "ce" in e][-50:]
     device = stack["device"]
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda" else
                 f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, CPU")
@@ -1239,9 +1241,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"validation WER at step {step}: {wers['val_wer']:.3f} (CTC reading {wers['val_ctc_wer']:.3f}) "
               f"on {len(eval_items)} held-out utterances")
     if args.export:
-        recent = [e for e in read_log(work) if "ce" in e][-50:]
         card = projector_card(
-            stack, projector, recent=recent, init=args.init,
+            stack, projector, work, init=args.init,
             data={"train_utterances": len(train), "drawn_utterances": len(pool), "val_utterances": len(val),
                   "sources": stats.get("counts"),
                   "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside those ranges",

@@ -26,6 +26,7 @@ import logging
 import multiprocessing
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -290,12 +291,10 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"step": step, "completed": step >= args.steps and not stopped, "last": last,
               "weights_sha256": fingerprint}
     if args.export:
-        recent = [e for e in tp.read_log(work) if "ce" in e][-50:]
         card = tp.projector_card(
-            stack, projector, recent=recent, init=args.init,
+            stack, projector, work, init=args.init,
             data={"sentences": len(sentences),
-                  "sources": {s: sum(1 for it in sentences if it.get("source") == s)
-                              for s in sorted({it.get("source", "") for it in sentences})},
+                  "sources": dict(sorted(Counter(it.get("source", "") for it in sentences).items())),
                   "utterances_heard": step * args.batch_size, "speech_hours": round(speech_seconds / 3600, 2),
                   "tts": "synthesised during training: piper and espeak-ng, vary_settings drawn per (seed, step, "
                          "row); no utterance heard twice"},
