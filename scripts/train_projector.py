@@ -27,6 +27,11 @@ Stages, all under --work and each skipped when its output is already there (so a
    earlier block picked; they are spoken and used like (d). --n-fortunes-2 adds a second such block
    (fortune_sentences_2.json, shards fortune2-*) from those --n-fortunes left, and --n-fortunes-3 a third
    (fortune_sentences_3.json, shards fortune3-*) from those the first two left.
+   --n-flite N speaks the first N training sentences again in (f) Debian's flite voices (`apt-get install
+   flite`: slt, rms, awb, kal16; diphone and statistical-parametric speech, another kind than piper's neural
+   voice and espeak-ng's formants), with varied duration and pitch (flite_settings). Each keeps its
+   sentence's KL prompt and gets the teacher's targets, so these items carry KL rows heard in new voices
+   (split flite, shards flite-*). flite is used for training only: held-out speech stays piper and espeak-ng.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
@@ -97,7 +102,10 @@ import math
 import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -120,6 +128,8 @@ DATA_VERSION = 2
 REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # "Repeat exactly what you heard: <|audio|>"
 SHARD_SIZE = 32
 MAX_SECONDS = 29.0
+# Splits whose items get teacher targets (KL rows): the main training sentences and their flite voicing.
+TEACHER_SPLITS = ("train", "flite")
 
 # ---------------------------------------------------------------------------------------------- sentences
 
@@ -390,6 +400,55 @@ def val_settings(engine: str, rng: np.random.Generator):
                           pitch_range=int(rng.integers(30, 70)))
 
 
+# flite voices training may use (16 kHz ones), with the range of mean pitch (Hz) each is given; rms ignores
+# flite's pitch target (measured with Praat: 102 Hz asked for 80 or 200), so it gets none.
+FLITE_VOICES: dict[str, tuple[float, float] | None] = {
+    "slt": (150.0, 230.0), "awb": (95.0, 170.0), "kal16": (85.0, 140.0), "rms": None}
+
+
+def flite_settings(rng: np.random.Generator) -> dict:
+    """A flite voice with a duration stretch of 0.8-1.3 and, where the voice takes one, a mean pitch."""
+    voice = str(rng.choice(list(FLITE_VOICES)))
+    settings = {"voice": voice, "duration_stretch": round(float(rng.uniform(0.8, 1.3)), 3)}
+    if FLITE_VOICES[voice] is not None:
+        settings["f0_mean"] = round(float(rng.uniform(*FLITE_VOICES[voice])), 1)
+    return {"engine": "flite", "settings": settings}
+
+
+def flite_speak(text: str, settings: dict) -> np.ndarray:
+    """`text` spoken by Debian's flite with `settings` (flite_settings): 16 kHz float32 samples in [-1, 1]."""
+    if shutil.which("flite") is None:
+        raise SystemExit("--n-flite needs Debian's flite on the PATH: apt-get install flite")
+    command = ["flite", "-voice", settings["voice"], "--setf", f"duration_stretch={settings['duration_stretch']}"]
+    if "f0_mean" in settings:
+        command += ["--setf", f"int_f0_target_mean={settings['f0_mean']}"]
+    import soundfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        wav = Path(folder) / "speech.wav"
+        subprocess.run([*command, "-t", text, "-o", str(wav)], check=True, capture_output=True)
+        samples, rate = soundfile.read(str(wav), dtype="float32")
+    if rate != 16_000:
+        raise SystemExit(f"flite voice {settings['voice']} speaks at {rate} Hz, not 16 kHz")
+    return samples
+
+
+def flite_items(args, data: dict) -> list[dict]:
+    """--n-flite: the first N training sentences again, each in a flite voice, keeping its KL prompt."""
+    rng = np.random.default_rng([args.seed, 6])
+    return [{"id": f"flite-{i:05d}", "text": it["text"], "source": it["source"], "kl_prompt": it["kl_prompt"],
+             **flite_settings(rng)} for i, it in enumerate(data["items"]["train"][:args.n_flite])]
+
+
+def speak(item: dict) -> np.ndarray:
+    """An item's 16 kHz audio in the engine and settings it was given."""
+    if item["engine"] == "flite":
+        return flite_speak(item["text"], item["settings"])
+    from interp.data.tts import open_engine, settings_from_dict
+
+    return open_engine(item["engine"]).speak(item["text"], settings_from_dict(item["settings"])).samples
+
+
 # ---------------------------------------------------------------------------------------------- prompts
 
 def kl_prompts() -> list[str]:
@@ -630,8 +689,6 @@ def teacher_targets(stack, items: list[dict], prompts: list[str], top_k: int, ma
 
 
 def prepare_split(args, stack, work: Path, split: str, items: list[dict], stats: dict) -> None:
-    from interp.data.tts import open_engine, settings_from_dict
-
     shard_dir = work / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     tok, prompts = stack["tokenizer"], kl_prompts()
@@ -647,21 +704,22 @@ def prepare_split(args, stack, work: Path, split: str, items: list[dict], stats:
         kept = []
         for it in chunk:
             t0 = time.perf_counter()
-            utterance = open_engine(it["engine"]).speak(it["text"], settings_from_dict(it["settings"]))
+            samples = speak(it)
+            duration = len(samples) / 16_000
             t1 = time.perf_counter()
             stats["tts_s"] += t1 - t0
-            if utterance.duration > MAX_SECONDS:
-                _log.warning("skipping %s: %.1f s of audio", it["id"], utterance.duration)
+            if duration > MAX_SECONDS:
+                _log.warning("skipping %s: %.1f s of audio", it["id"], duration)
                 continue
-            enc, mel_frames = encode_audio(stack, utterance.samples)
+            enc, mel_frames = encode_audio(stack, samples)
             stats["encoder_s"] += time.perf_counter() - t1
-            stats["audio_s"] += utterance.duration
+            stats["audio_s"] += duration
             stats["utterances"] += 1
             tensors[f"enc.{it['id']}"] = enc.to(torch.float16).contiguous()
             kept.append(it)
-            meta.append({**it, "mel_frames": mel_frames, "duration": utterance.duration,
+            meta.append({**it, "mel_frames": mel_frames, "duration": duration,
                          "tokens": tok(it["text"], add_special_tokens=False)["input_ids"]})
-        if split == "train" and kept:
+        if split in TEACHER_SPLITS and kept:
             t0 = time.perf_counter()
             for start in range(0, len(kept), 16):
                 part = kept[start:start + 16]
@@ -690,9 +748,10 @@ def load_split(work: Path, split: str) -> list[dict]:
 
 
 def training_pool(work: Path) -> list[dict]:
-    """The items training draws its batches from (and its CTC vocabulary): the main training split, then
-    each block of WordNet utterances in order."""
-    return load_split(work, "train") + [it for block in EXTRA_BLOCKS for it in load_split(work, block.split)]
+    """The items training draws its batches from (and its CTC vocabulary): the main training split, each
+    extra block in order, then the flite voicing of the training sentences."""
+    return (load_split(work, "train") + [it for block in EXTRA_BLOCKS for it in load_split(work, block.split)]
+            + load_split(work, "flite"))
 
 
 def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
@@ -710,6 +769,9 @@ def prepare(args, stack, work: Path) -> tuple[list[dict], list[dict], dict]:
         if getattr(args, block.arg):
             prepare_split(args, stack, work, block.split, make_extra_sentences(args, work, data, index), stats)
             extra[block.count_key] = getattr(args, block.arg)
+    if args.n_flite:
+        prepare_split(args, stack, work, "flite", flite_items(args, data), stats)
+        extra["flite"] = args.n_flite
     if extra:
         stats["counts"] = {**data["counts"], "extra": extra}
     stats["last_prep_call_s"] = time.perf_counter() - t0
@@ -1078,6 +1140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="a third block of fortune utterances, from those the first two left")
     p.add_argument("--fortunes", type=Path, default=Path("/usr/share/games/fortunes"),
                    help="fortune files folder for --n-fortunes (Debian: apt-get install fortunes)")
+    p.add_argument("--n-flite", type=int, default=0,
+                   help="speak the first N training sentences again in flite's voices, with teacher targets "
+                        "(needs `apt-get install flite`)")
     p.add_argument("--piper-fraction", type=float, default=0.6, help="share of utterances spoken by piper")
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--kl-max-tokens", type=int, default=16, help="teacher response length for the KL term")
@@ -1100,7 +1165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the items that run did not (with 0 it draws that run's batches again)")
     p.add_argument("--draw-from", default=None,
                    help="comma-separated splits the batches are drawn from (train, "
-                        f"{', '.join(block.split for block in EXTRA_BLOCKS)}; "
+                        f"{', '.join(block.split for block in EXTRA_BLOCKS)}, flite; "
                         "default: all of the folder's): with --init, e.g. train,fortune keeps the batches on the "
                         "teacher-logit items and a new block instead of utterances the init run heard already")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -1121,19 +1186,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if block.source == before.source and getattr(args, block.arg) and not getattr(args, before.arg):
             p.error(f"{block.option} needs {before.option} (it picks from the {block.source} sentences that block "
                     "left)")
+    if args.n_flite > args.n_train:
+        p.error(f"--n-flite {args.n_flite}: there are only {args.n_train} training sentences (--n-train)")
     args.kl_batch = args.batch_size // 2 if args.kl_batch is None else args.kl_batch
     args.warmup = max(1, round(0.05 * args.steps)) if args.warmup is None else args.warmup
     return args
 
 
 # A work folder's cached data is fixed by the data keys; its training run (checkpoint, log) by both.
-_DATA_KEYS = ("stack", "n_train", *(block.arg for block in EXTRA_BLOCKS), "n_val", "lm_fraction", "real_fraction",
-              "piper_fraction", "top_k", "kl_max_tokens", "seed")
+_DATA_KEYS = ("stack", "n_train", *(block.arg for block in EXTRA_BLOCKS), "n_flite", "n_val", "lm_fraction",
+              "real_fraction", "piper_fraction", "top_k", "kl_max_tokens", "seed")
 _TRAIN_KEYS = ("ctc_steps", "ctc_batch_size", "ctc_weight", "steps", "batch_size", "kl_batch", "kl_weight", "lr",
                "weight_decay", "warmup", "augment", "init", "first_batch", "draw_from")
 # Keys added after the first work folders were made, with the value those folders had without naming it.
-_ADDED_KEYS = {"stack": "mini-ultravox", **{block.arg: 0 for block in EXTRA_BLOCKS}, "augment": False, "init": None,
-               "first_batch": 0, "draw_from": None}
+_ADDED_KEYS = {"stack": "mini-ultravox", **{block.arg: 0 for block in EXTRA_BLOCKS}, "n_flite": 0, "augment": False,
+               "init": None, "first_batch": 0, "draw_from": None}
 
 
 def _lock_config(path: Path, config: dict) -> None:
@@ -1245,7 +1312,10 @@ def main(argv: list[str] | None = None) -> dict:
             stack, projector, work, init=args.init,
             data={"train_utterances": len(train), "drawn_utterances": len(pool), "val_utterances": len(val),
                   "sources": stats.get("counts"),
-                  "tts": "piper (vary_settings) and espeak-ng (vary_settings); validation voices outside those ranges",
+                  "tts": "piper (vary_settings) and espeak-ng (vary_settings)"
+                         + (f"; flite ({args.n_flite} training sentences again, flite_settings)"
+                            if args.n_flite else "")
+                         + "; validation voices outside those ranges",
                   "real_text": "; ".join(
                       ["Python language reference (pydoc_data) and installed packages' descriptions"]
                       + [f"{n} {SOURCES[source][1]}" for source, n in _block_counts(args).items() if n])},

@@ -431,3 +431,47 @@ def test_a_second_block_needs_the_first_of_its_source(capsys) -> None:
     with pytest.raises(SystemExit):
         tp.parse_args(["--work", "unused", "--n-fortunes", "2", "--n-fortunes-3", "1"])
     assert "--n-fortunes-3 needs --n-fortunes-2" in capsys.readouterr().err
+
+
+def test_flite_voices_speak_the_training_sentences_again_with_their_teacher_targets(tmp_path, monkeypatch,
+                                                                                     capsys) -> None:
+    """--n-flite: the first training sentences spoken again by flite (Debian's `flite`), each keeping its KL
+    prompt, so the teacher's targets are those of the sentence's first voicing and every such item carries a
+    KL row; the settings change what flite says (duration stretch, mean pitch)."""
+    import parselmouth
+
+    tp = load_script("train_projector")
+    work = tmp_path / "w"
+    common = ["--work", str(work), "--n-train", "3", "--n-val", "1", "--lm-fraction", "0", "--n-flite", "2",
+              "--threads", "1", "--seed", "0"]
+    tp.main([*common, "--prep-only"])
+    train, flite = tp.load_split(work, "train"), tp.load_split(work, "flite")
+    assert [it["id"] for it in flite] == ["flite-00000", "flite-00001"]
+    for first, again in zip(train, flite):
+        assert again["engine"] == "flite" and again["settings"]["voice"] in tp.FLITE_VOICES
+        assert (again["text"], again["kl_prompt"], again["response"]) == \
+            (first["text"], first["kl_prompt"], first["response"])
+        assert torch.equal(again["kl_idx"], first["kl_idx"]) and torch.equal(again["kl_logp"], first["kl_logp"])
+        assert again["enc"].shape[1] == first["enc"].shape[1] and not torch.equal(again["enc"], first["enc"])
+    assert [it["id"] for it in tp.training_pool(work)][-2:] == ["flite-00000", "flite-00001"]
+    # Drawn from the flite split alone, every row of every step has a KL row.
+    tp.main([*common, "--ctc-steps", "0", "--steps", "2", "--batch-size", "2", "--kl-batch", "2",
+             "--draw-from", "flite", "--no-final-eval", "--eval-every", "100"])
+    assert all(e["kl"] > 0 for e in map(json.loads, (work / "log.jsonl").read_text().splitlines()) if "kl" in e)
+
+    text = "The lighthouse keeper painted the railings every spring."
+    slow, fast = (tp.flite_speak(text, {"voice": "rms", "duration_stretch": d}) for d in (1.3, 0.8))
+    assert slow.dtype == "float32" and len(slow) / len(fast) == pytest.approx(1.3 / 0.8, rel=0.15)
+
+    def mean_pitch(f0: float) -> float:
+        samples = tp.flite_speak(text, {"voice": "slt", "duration_stretch": 1.0, "f0_mean": f0})
+        f = parselmouth.Sound(samples.astype("float64"), 16_000).to_pitch().selected_array["frequency"]
+        return float(f[f > 0].mean())
+
+    assert mean_pitch(150) + 40 < mean_pitch(230)
+    with pytest.raises(SystemExit):
+        tp.parse_args(["--work", "unused", "--n-train", "3", "--n-flite", "4"])
+    assert "--n-flite 4: there are only 3 training sentences" in capsys.readouterr().err
+    monkeypatch.setattr(tp.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="apt-get install flite"):
+        tp.flite_speak(text, {"voice": "slt", "duration_stretch": 1.0})
