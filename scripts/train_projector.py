@@ -30,7 +30,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    --n-flite N speaks the first N training sentences again in (f) Debian's flite voices (`apt-get install
    flite`: slt, rms, awb, kal16; diphone and statistical-parametric speech, another kind than piper's neural
    voice and espeak-ng's formants), with varied duration and pitch (flite_settings). Each keeps its
-   sentence's KL prompt and gets the teacher's targets, so these items carry KL rows heard in new voices
+   sentence's KL prompt and the teacher's targets (read from the train shards, not computed again), so
+   these items carry KL rows heard in new voices
    (split flite, shards flite-*). flite is used for training only: held-out speech stays piper and espeak-ng.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
@@ -114,6 +115,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -721,17 +723,33 @@ def prepare_split(args, stack, work: Path, split: str, items: list[dict], stats:
                          "tokens": tok(it["text"], add_special_tokens=False)["input_ids"]})
         if split in TEACHER_SPLITS and kept:
             t0 = time.perf_counter()
-            for start in range(0, len(kept), 16):
-                part = kept[start:start + 16]
-                for it, target, m in zip(part, teacher_targets(stack, part, prompts, args.top_k,
-                                                                args.kl_max_tokens), meta[start:start + 16]):
-                    m["response"] = target["response"]
-                    tensors[f"kl_idx.{it['id']}"] = target["idx"].contiguous()
-                    tensors[f"kl_logp.{it['id']}"] = target["logp"].contiguous()
+            targets = first_voicing_targets(work, k) if split == "flite" else {}
+            missing = [it for it in kept if it["id"] not in targets]
+            for start in range(0, len(missing), 16):
+                part = missing[start:start + 16]
+                targets.update(zip([it["id"] for it in part],
+                                   teacher_targets(stack, part, prompts, args.top_k, args.kl_max_tokens)))
+            for it, m in zip(kept, meta):
+                target = targets[it["id"]]
+                m["response"] = target["response"]
+                tensors[f"kl_idx.{it['id']}"] = target["idx"].contiguous()
+                tensors[f"kl_logp.{it['id']}"] = target["logp"].contiguous()
             stats["teacher_s"] += time.perf_counter() - t0
         save_file(tensors, str(shard_dir / f"{split}-{k:04d}.safetensors"))
         _atomic_write_text(shard_dir / f"{split}-{k:04d}.json", json.dumps(meta))
         _atomic_write_text(work / "prep_stats.json", json.dumps(stats, indent=1))
+
+
+def first_voicing_targets(work: Path, k: int) -> dict[str, dict]:
+    """The teacher targets of train shard k, keyed by the flite ids of the same sentences: flite chunk k
+    speaks train chunk k's sentences again with their KL prompts, so their targets are these (an item the
+    train split skipped is absent, and the teacher runs for it)."""
+    path = work / "shards" / f"train-{k:04d}"
+    with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as f:
+        return {"flite-" + m["id"].split("-", 1)[1]: {"response": m["response"],
+                                                     "idx": f.get_tensor(f"kl_idx.{m['id']}"),
+                                                     "logp": f.get_tensor(f"kl_logp.{m['id']}")}
+                for m in json.loads(path.with_suffix(".json").read_text())}
 
 
 def load_split(work: Path, split: str) -> list[dict]:
