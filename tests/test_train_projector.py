@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -475,3 +476,27 @@ def test_flite_voices_speak_the_training_sentences_again_with_their_teacher_targ
     monkeypatch.setattr(tp.shutil, "which", lambda name: None)
     with pytest.raises(SystemExit, match="apt-get install flite"):
         tp.flite_speak(text, {"voice": "slt", "duration_stretch": 1.0})
+
+
+def test_a_flite_item_whose_first_voicing_was_skipped_gets_the_teacher_run_for_it(tmp_path, monkeypatch) -> None:
+    """A training sentence whose first voicing is over MAX_SECONDS is skipped, so its train shard holds no
+    teacher targets to copy: its flite voicing must get targets of its own, from the teacher."""
+    tp = load_script("train_projector")
+    speak = tp.speak
+
+    def first_voicing_too_long(item):
+        return np.zeros(int(16_000 * (tp.MAX_SECONDS + 1)), dtype="float32") \
+            if item["id"] == "train-00000" else speak(item)
+
+    monkeypatch.setattr(tp, "speak", first_voicing_too_long)
+    work = tmp_path / "w"
+    tp.main(["--work", str(work), "--n-train", "3", "--n-val", "1", "--lm-fraction", "0", "--n-flite", "2",
+             "--threads", "1", "--seed", "0", "--prep-only"])
+    train, flite = tp.load_split(work, "train"), tp.load_split(work, "flite")
+    assert [it["id"] for it in train] == ["train-00001", "train-00002"]
+    assert [it["id"] for it in flite] == ["flite-00000", "flite-00001"]
+    args = tp.parse_args(["--work", str(work)])
+    (own,) = tp.teacher_targets(tp.load_stack(), [flite[0]], tp.kl_prompts(), args.top_k, args.kl_max_tokens)
+    assert flite[0]["response"] == own["response"]
+    assert torch.equal(flite[0]["kl_idx"], own["idx"].long()) and torch.equal(flite[0]["kl_logp"], own["logp"])
+    assert torch.equal(flite[1]["kl_idx"], train[0]["kl_idx"])  # the other one's are still copied
