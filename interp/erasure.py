@@ -532,19 +532,10 @@ def _versions() -> dict[str, str]:
 
 
 def _model_tokenizer(cache: ActivationCache) -> Any:
-    """The cache model's tokenizer: a checkpoint's read alone (no weights), a named model's from the model."""
-    from interp.models.checkpoints import load_checkpoint_tokenizer
-    from interp.models.mini import load_model
+    """The cache model's tokenizer (the text concept aligns words to its tokens)."""
+    from interp.models.mini import load_tokenizer
 
-    name = cache.header.model_info.get("spec") or cache.model
-    if ":" in name:
-        return load_checkpoint_tokenizer(name)
-    _log.info("loading %s for its tokenizer (the text concept aligns words to its tokens)", name)
-    model = load_model(name)
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise InterpError(f"model {name!r} has no tokenizer; pass one to fit the text concept")
-    return tokenizer
+    return load_tokenizer(cache.header.model_info.get("spec") or cache.model)
 
 
 def fit_eraser(cache: ActivationCache | str | Path, spoken_set: SpokenSet | str | Path, concept: str,

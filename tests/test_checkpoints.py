@@ -22,7 +22,8 @@ from interp.errors import InterpError
 from interp.models.cascade import Cascade
 from interp.models import checkpoints
 from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_checkpoint, load_checkpoint_tokenizer
-from interp.models.mini import load_model
+from interp.models import mini
+from interp.models.mini import load_model, load_tokenizer
 from interp.models.text_lm import TextLM
 from interp.models.tiny import (save_tiny_checkpoints, tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox,
                                 tiny_whisper)
@@ -233,6 +234,11 @@ def test_a_checkpoint_tokenizer_is_read_without_the_weights(tmp_path, monkeypatc
     # erasure's text concept on a cache of that checkpoint (its header names the spec) reads it so
     cache = SimpleNamespace(header=SimpleNamespace(model_info={"spec": specs[1]}), model="qwen2-audio")
     assert _model_tokenizer(cache)(text)["input_ids"] == expected[1]
+    # a named model's comes with the model; a model without one is refused in one line
+    assert load_tokenizer("tiny-ultravox")(text)["input_ids"] == load_model("tiny-ultravox").tokenizer(text)["input_ids"]
+    monkeypatch.setattr(mini, "load_model", lambda name: SimpleNamespace())
+    with pytest.raises(InterpError, match="model 'mini-whisper' has no tokenizer"):
+        load_tokenizer("mini-whisper")
     with pytest.raises(InterpError, match="names no speech LLM checkpoint"):
         load_checkpoint_tokenizer(f"cascade:asr={folders['whisper']},llm={folders['llama']}")
 

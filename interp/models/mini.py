@@ -22,13 +22,13 @@ from torch import nn
 from interp.errors import InterpError
 from interp.models.base import build_seeded
 from interp.models.cascade import Cascade, Oracle
-from interp.models.checkpoints import CHECKPOINT_SPECS, LoadOptions, load_checkpoint
+from interp.models.checkpoints import CHECKPOINT_SPECS, LoadOptions, load_checkpoint, load_checkpoint_tokenizer
 from interp.models.text_lm import TextLM
 from interp.models.tiny import TINY_MODELS
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
-__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN",
+__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "load_tokenizer", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN",
            "build_mini_ultravox", "assemble_mini_ultravox", "weights_of"]
 
 _log = logging.getLogger(__name__)
@@ -204,3 +204,15 @@ def load_model(name: str, *, options: LoadOptions | None = None) -> object:
     if device.type != "cpu":
         _move(system, device)
     return system
+
+
+def load_tokenizer(name: str) -> object:
+    """The tokenizer of the model `name` names: a checkpoint's is read alone (loading a 7B model for it would
+    take minutes), a named model's comes with the model. Raises InterpError for a model without one."""
+    if ":" in name:
+        return load_checkpoint_tokenizer(name)
+    _log.info("loading %s for its tokenizer", name)
+    tokenizer = getattr(load_model(name), "tokenizer", None)
+    if tokenizer is None:
+        raise InterpError(f"model {name!r} has no tokenizer; pass one explicitly")
+    return tokenizer
