@@ -4,7 +4,8 @@ For each projector, the "repeat" generation and the CTC head's reading (train_pr
 --items training utterances of a train_projector.py work folder and on --items held-out ones, each spread
 evenly over its split (so both mix the split's sources as the split does), with per-source figures. A low
 training WER beside a high held-out one means the projector memorises its data (more or other data helps);
-a high training WER means it under-fits (more steps or capacity help).
+a high training WER means it under-fits (more steps or capacity help). A folder made with --n-flite adds a
+third split: training sentences in flite's voices, which tells a new voice from a new sentence.
 
 Usage: python scripts/projector_fit_gap.py --work runs/projector-v4 \
            runs/projector-v2/export/mini_ultravox_projector.safetensors \
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     config = json.loads((args.work / "data_config.json").read_text())
     stack = tp.load_stack(config.get("stack", "mini-ultravox"))
     train = tp.training_pool(args.work)
-    splits = {"train": spread(train, args.items), "held-out": spread(tp.load_split(args.work, "val"), args.items)}
+    flite = [it for it in train if it["engine"] == "flite"]
+    splits = {"train": spread([it for it in train if it["engine"] != "flite"], args.items),
+              **({"flite": spread(flite, args.items)} if flite else {}),
+              "held-out": spread(tp.load_split(args.work, "val"), args.items)}
     vocab = tp.ctc_vocabulary(stack, train)
     results = {}
     for path in args.projectors:

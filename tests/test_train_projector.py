@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from interp.models.ultravox import UltravoxProjector
 from tests.helpers import load_script
@@ -459,6 +459,14 @@ def test_flite_voices_speak_the_training_sentences_again_with_their_teacher_targ
     tp.main([*common, "--ctc-steps", "0", "--steps", "2", "--batch-size", "2", "--kl-batch", "2",
              "--draw-from", "flite", "--no-final-eval", "--eval-every", "100"])
     assert all(e["kl"] > 0 for e in map(json.loads, (work / "log.jsonl").read_text().splitlines()) if "kl" in e)
+    # projector_fit_gap.py reads the flite voicings apart: a new voice of a heard sentence is its own split.
+    exported = tmp_path / "p.safetensors"
+    save_file(tp.fresh_projector(tp.load_stack(), 0).state_dict(), str(exported))
+    gap = load_script("projector_fit_gap").main([str(exported), "--work", str(work), "--items", "2", "--threads", "1"])
+    figures = gap[str(exported)]
+    assert list(figures) == ["train", "flite", "held-out"]
+    assert [s["id"] for s in figures["flite"]["samples"]] == ["flite-00000", "flite-00001"]
+    assert not any(s["id"].startswith("flite") for s in figures["train"]["samples"])
 
     text = "The lighthouse keeper painted the railings every spring."
     slow, fast = (tp.flite_speak(text, {"voice": "rms", "duration_stretch": d}) for d in (1.3, 0.8))
