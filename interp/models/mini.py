@@ -28,8 +28,8 @@ from interp.models.tiny import TINY_MODELS
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
-__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "load_tokenizer", "is_present", "MINI_ULTRAVOX_PROJECTOR_HIDDEN",
-           "build_mini_ultravox", "assemble_mini_ultravox", "weights_of"]
+__all__ = ["ModelCard", "MODEL_CARDS", "WhisperASR", "load_model", "load_tokenizer", "is_present",
+           "MINI_ULTRAVOX_PROJECTOR_HIDDEN", "build_mini_ultravox", "assemble_mini_ultravox", "weights_of"]
 
 _log = logging.getLogger(__name__)
 
