@@ -31,8 +31,8 @@ Stages, all under --work and each skipped when its output is already there (so a
    flite`: slt, rms, awb, kal16; diphone and statistical-parametric speech, another kind than piper's neural
    voice and espeak-ng's formants), with varied duration and pitch (flite_settings). Each keeps its
    sentence's KL prompt and the teacher's targets (read from the train shards, not computed again), so
-   these items carry KL rows heard in new voices
-   (split flite, shards flite-*). flite is used for training only: held-out speech stays piper and espeak-ng.
+   these items carry KL rows heard in new voices (split flite, shards flite-*). flite is used for training
+   only: held-out speech stays piper and espeak-ng.
    Each item gets a TTS engine and settings: training uses interp.data.tts.vary_settings; validation uses
    settings outside those ranges (piper length/noise scales beyond vary_settings' bounds; espeak variants
    m5/m6/f5, which vary_settings never picks, rate and pitch outside its ranges).
