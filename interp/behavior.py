@@ -3,11 +3,12 @@
 How an item is answered
 -----------------------
 * Forced choice (items with choices), systems with `score_choices`: the score of a choice is the SUM of its
-  tokens' log-probabilities after the task prompt (interp.models.prompting: no length normalisation). The raw
-  answer is the argmax. When the task's prompt asks for it (interp.task_prompts), the final answer is
-  batch-calibrated (Zhou et al., 2024): argmax over choices of score - that choice's mean score over the items
-  of the same task (and the same choices) in the file. Calibration needs every item, so it is applied when the
-  file is finalised; `raw_prediction` keeps the uncalibrated argmax.
+  tokens' log-probabilities as a continuation of the task prompt, split as lm-evaluation-harness splits it
+  (interp.models.prompting: no length normalisation). The answer is the argmax. Only when the run asks for it
+  (`calibration="batch"`, interp.task_prompts) is the final answer batch-calibrated (Zhou et al., 2024): argmax
+  over choices of score - that choice's mean score over the items of the same task (and the same choices) in the
+  file. Calibration needs every item, so it is applied when the file is finalised; `raw_prediction` keeps the
+  uncalibrated argmax, and every line and the sidecar say which calibration made `prediction`.
 * Forced choice, systems without scores (`EndpointSystem`): greedy generation, then `parse_choice`: the choice
   the reply starts with, else the choice that occurs first in it (whole words, after `normalize_transcript`;
   the longer choice wins a tie, so "not sarcastic" beats "sarcastic"). An unparseable reply is prediction -1
@@ -27,11 +28,11 @@ When every item of the run is answered, the file is rewritten atomically (tempor
 order with the calibrated predictions, and the sidecar `<set>.json` gets status "done" with the system's
 config, the prompts, the rules, counts and provenance. Fields of a line: id, task, parent_id (clean item of a
 noisy one), snr_db (None when clean), label (gold index, or accepted answers), n_choices, scores (one per choice,
-or None), raw_prediction, prediction (index, -1 unparseable; the answer text for open tasks), calibrated,
+or None), raw_prediction, prediction (index, -1 unparseable; the answer text for open tasks), calibration,
 correct, latency_s, and where they apply reply (generated text), asr_transcript (cascades), wer and ref_words
-(transcribe). Until the file is finalised, `prediction` is the raw answer and `calibrated` is false. A set is
+(transcribe). Until the file is finalised, `prediction` is the raw answer and `calibration` is "none". A set is
 named after its folder; the per-SNR folders of `interp data noise` (`snr10`) get their parent's name in front.
-A resumed file must have been made with the same prompts, rules, kind of system and, where a system's name
+A resumed file must have been made with the same prompts (and style), rules, kind of system and, where a system's name
 does not fix its weights (mini-ultravox's projector), the same weights (else InterpError).
 
 `run_statistics` turns a run folder into the stats.json of `interp stats` (interp.stats does the numbers).
@@ -55,13 +56,21 @@ from interp.data.manifest import Item, SpokenSet
 from interp.errors import DataError, InterpError
 from interp.models.prompting import PlainPrompt
 from interp.provenance import provenance
-from interp.task_prompts import TaskPrompt, calibrated_choice, task_prompt
+from interp.task_prompts import (
+    DEFAULT_PROMPT_STYLE,
+    Calibration,
+    PromptStyle,
+    TaskPrompt,
+    check_calibration,
+    choose,
+    task_prompt,
+)
 from interp.text_metrics import normalize_transcript, word_error_rate
 
 __all__ = [
-    "PREDICTIONS_SUFFIX", "SIDECAR_SUFFIX", "LENGTH_POLICY", "CALIBRATION_RULE", "PARSE_RULE", "OPEN_ANSWER_RULE",
+    "PREDICTIONS_SUFFIX", "SIDECAR_SUFFIX", "LENGTH_POLICY", "CALIBRATION_RULES", "PARSE_RULE", "OPEN_ANSWER_RULE",
     "SystemSpec", "parse_systems", "set_name", "parse_choice", "normalize_answer", "match_answer",
-    "answer_item", "batch_calibrate", "run_system", "read_predictions", "read_sidecar", "run_summary",
+    "answer_item", "check_scoring", "finalise_choices", "run_system", "read_predictions", "read_sidecar", "run_summary",
     "EndpointSystem", "run_statistics", "base_id", "record_run",
 ]
 
@@ -70,8 +79,11 @@ _log = logging.getLogger(__name__)
 PREDICTIONS_SUFFIX = ".jsonl"
 SIDECAR_SUFFIX = ".json"
 LENGTH_POLICY = "sum of the choice's token log-probabilities after the prompt, no length normalisation"
-CALIBRATION_RULE = ("batch calibration: argmax over choices of (score - the choice's mean score over the file's items "
-                    "of the same task and choices), for tasks whose prompt is calibrated")
+CALIBRATION_RULES = {
+    "none": "argmax over choices of the score (no calibration)",
+    "batch": "batch calibration: argmax over choices of (score - the choice's mean score over the file's items of the "
+             "same task and choices)",
+}
 PARSE_RULE = ("generation + parsing: the choice the normalised reply starts with, else the choice occurring first "
               "in it (whole words; longer choice wins ties); none -> -1 (wrong)")
 OPEN_ANSWER_RULE = ("first non-empty line of the reply; correct when, normalised (lower case, no punctuation, no "
@@ -277,26 +289,53 @@ def answer_item(system: object, spoken_set: SpokenSet, item: Item, prompt: TaskP
     if item.choices:
         raw = int(np.argmax(scores)) if scores is not None else parse_choice(reply, item.choices)
         record.update(scores=None if scores is None else [float(s) for s in scores], raw_prediction=raw,
-                      prediction=raw, calibrated=False, correct=raw == item.label)
+                      prediction=raw, calibration="none", correct=raw == item.label)
     elif item.task == "transcribe":
         hypothesis = reply.strip()
-        record.update(scores=None, raw_prediction=None, prediction=hypothesis, calibrated=False,
+        record.update(scores=None, raw_prediction=None, prediction=hypothesis, calibration="none",
                       correct=normalize_transcript(hypothesis) == normalize_transcript(item.transcript),
                       wer=word_error_rate([item.transcript], [hypothesis]),
                       ref_words=len(_words(item.transcript)))
     else:
         answer, correct = match_answer(reply, item.label)
-        record.update(scores=None, raw_prediction=None, prediction=answer, calibrated=False, correct=correct)
+        record.update(scores=None, raw_prediction=None, prediction=answer, calibration="none", correct=correct)
     if reply is not None:
         record["reply"] = reply
     record["latency_s"] = latency
     return record
 
 
-def batch_calibrate(records: Sequence[dict[str, Any]], items: dict[str, Item],
-                    prompts: dict[str, TaskPrompt]) -> list[dict[str, Any]]:
-    """The final lines: forced-choice lines with scores get raw_prediction = argmax(scores) and, for calibrated
-    tasks, prediction = calibrated_choice over the lines of the same task and choices; others are unchanged."""
+def check_scoring(system: object, spoken_set: SpokenSet, *, prompt_style: PromptStyle) -> None:
+    """Refuse, before anything is written, a task prompt without its one audio slot, or a choice that cannot be
+    scored as the system's model would write it (empty, or merging with the prompt's last token): checked on the
+    first item of each task and choice set. Raises InterpError (ScoringError)."""
+    from interp.models.cascade import Cascade, Oracle
+    from interp.models.encoded import EncodedSpeechLM
+    from interp.models.prompting import choice_delimiter, continuation_ids, split_prompt
+    from interp.models.text_lm import TextLM
+
+    llm = system.llm if isinstance(system, (Cascade, Oracle)) else system
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for item in spoken_set.items:
+        if (item.task, item.choices) in seen:
+            continue
+        seen.add((item.task, item.choices))
+        prompt = task_prompt(item.task, prompt_style).for_item(item)
+        split_prompt(prompt)
+        if not item.choices:
+            continue
+        if isinstance(llm, TextLM):
+            continuation_ids(llm.tokenizer, llm.render(prompt, item.transcript), item.choices,
+                             delimiter=choice_delimiter(prompt))
+        elif isinstance(llm, EncodedSpeechLM):
+            continuation_ids(llm.tokenizer, llm.answer_context(prompt), item.choices,
+                             delimiter=choice_delimiter(prompt))
+
+
+def finalise_choices(records: Sequence[dict[str, Any]], items: dict[str, Item], *,
+                     calibration: Calibration) -> list[dict[str, Any]]:
+    """The final lines: forced-choice lines with scores get raw_prediction = argmax(scores) and prediction =
+    `choose` over the lines of the same task and choices under the run's calibration; others are unchanged."""
     out = [dict(record) for record in records]
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for index, record in enumerate(out):
@@ -304,13 +343,12 @@ def batch_calibrate(records: Sequence[dict[str, Any]], items: dict[str, Item],
             item = items[record["id"]]
             record["raw_prediction"] = int(np.argmax(record["scores"]))
             groups.setdefault((item.task, item.choices), []).append(index)
-    for (task, _), rows in groups.items():
-        calibrated = prompts[task].calibrated
-        chosen = calibrated_choice(np.array([out[row]["scores"] for row in rows]), calibrated=calibrated)
+    for rows in groups.values():
+        chosen = choose(np.array([out[row]["scores"] for row in rows]), calibration=calibration)
         for row, choice in zip(rows, chosen):
             record = out[row]
             record["prediction"] = int(choice)
-            record["calibrated"] = bool(calibrated)
+            record["calibration"] = calibration
             record["correct"] = int(choice) == items[record["id"]].label
     return out
 
@@ -374,8 +412,8 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def _prompt_record(prompt: TaskPrompt) -> dict[str, Any]:
-    return {"prompt": str(prompt.prompt), "plain": isinstance(prompt.prompt, PlainPrompt),
-            "calibrated": prompt.calibrated, "max_new_tokens": prompt.max_new_tokens}
+    return {"prompt": str(prompt.prompt), "style": prompt.style, "plain": isinstance(prompt.prompt, PlainPrompt),
+            "max_new_tokens": prompt.max_new_tokens}
 
 
 def _describe_system(system: object, name: str, spec: str | None) -> dict[str, Any]:
@@ -392,33 +430,42 @@ def _describe_system(system: object, name: str, spec: str | None) -> dict[str, A
 
 
 def run_system(system: object, spoken_set: SpokenSet, out_dir: Path, *, system_name: str, limit: int | None = None,
-               progress: Progress | None = None, spec: str | None = None, seed: int = 0) -> Path:
+               progress: Progress | None = None, spec: str | None = None, seed: int = 0,
+               prompt_style: PromptStyle = DEFAULT_PROMPT_STYLE, calibration: Calibration = "none") -> Path:
     """Answer the set's items (the first `limit` of them) with `system`; returns the predictions file.
 
     The final file holds, in set order, every item answered so far: a rerun with a smaller limit keeps the
     lines an earlier, larger run wrote, and calibration uses all of them.
 
-    Resumable (finished lines are kept, only missing items are answered) and finalised atomically with batch
-    calibration (see module docstring). progress(done, total) is called once at the start and after each item.
+    prompt_style: how tasks are put (interp.task_prompts: "chat" through each model's template, or "few-shot").
+    calibration: "none" (the default: each answer depends on its item alone) or "batch" (see module docstring).
+    Resumable (finished lines are kept, only missing items are answered) and finalised atomically under the
+    calibration asked for; lines keep their raw scores, so a rerun with another calibration re-finalises a
+    finished file without running the system again. progress(done, total) is called once at the start and
+    after each item.
     seed is recorded only: greedy decoding and log-likelihood scoring draw no random numbers.
     Raises InterpError for a task without a prompt, or for a file made with other prompts or another system.
     """
     if limit is not None and limit < 1:
         raise InterpError(f"--limit must be at least 1, got {limit}")
     items = spoken_set.items[:limit] if limit else spoken_set.items
-    prompts = {task: task_prompt(task) for task in dict.fromkeys(item.task for item in spoken_set.items)}
+    check_calibration(calibration)
+    prompts = {task: task_prompt(task, prompt_style) for task in dict.fromkeys(item.task for item in spoken_set.items)}
     name = set_name(spoken_set.root)
     folder = Path(out_dir) / system_name
-    folder.mkdir(parents=True, exist_ok=True)
     path, sidecar = folder / f"{name}{PREDICTIONS_SUFFIX}", folder / f"{name}{SIDECAR_SUFFIX}"
     answers_by = "log-likelihood" if hasattr(getattr(system, "llm", system), "score_choices") else "generate+parse"
     config = {
         "system": _describe_system(system, system_name, spec),
         "prompts": {task: _prompt_record(prompt) for task, prompt in prompts.items()},
-        "rules": {"forced_choice": answers_by, "length_policy": LENGTH_POLICY, "calibration": CALIBRATION_RULE,
+        "prompt_style": prompt_style,
+        "calibration": {"name": calibration, "rule": CALIBRATION_RULES[calibration]},
+        "rules": {"forced_choice": answers_by, "length_policy": LENGTH_POLICY,
                   "parse": PARSE_RULE, "open_answers": OPEN_ANSWER_RULE},
         "input": "gold transcript" if _reads_text(system) else "audio",
     }
+    check_scoring(system, spoken_set, prompt_style=prompt_style)
+    folder.mkdir(parents=True, exist_ok=True)
     previous = read_sidecar(sidecar)
     if previous is not None:
         _check_same_config(previous.get("config", {}), config, sidecar)
@@ -450,7 +497,7 @@ def run_system(system: object, spoken_set: SpokenSet, out_dir: Path, *, system_n
                     progress(finished, total)
 
     ordered = [done[item.id] for item in spoken_set.items if item.id in done]
-    final = batch_calibrate(ordered, by_id, prompts)
+    final = finalise_choices(ordered, by_id, calibration=calibration)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as out:
         for record in final:
@@ -729,6 +776,7 @@ def run_statistics(run_dir: Path, *, n_boot: int = 1000, level: float = 0.95, se
             "n_choices": max((r["n_choices"] for r in first), default=0),
             "snr_db": snrs[0] if len(snrs) == 1 else (snrs or None), "systems": names, "accuracy": {},
             "kappa": [], "accuracy_difference": [], "error_overlap": [], "mcnemar": [],
+            "calibration": {s: sorted({str(lines[s][i].get("calibration", "none")) for i in ids}) for s in names},
         }
         correct = {s: np.array([bool(lines[s][i]["correct"]) for i in ids]) for s in names}
         if ids:

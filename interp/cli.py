@@ -50,9 +50,14 @@ def _progress(units, *, total: int, desc: str):
 
 _DEVICE = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1.")
 _DTYPE = typer.Option("float32", help="Weights' precision for checkpoints: float32, bfloat16, float16.")
+_PROMPTS = typer.Option("chat", "--prompts", metavar="STYLE",
+                        help="How tasks are put: chat (each task's zero-shot instruction through each model's own "
+                             "chat template) or few-shot (plain few-shot completions, for base models and the mini "
+                             "stack). Keep it the same across extract, behave, lens and erase of one study.")
 _DEVICE_MAP = typer.Option(None, "--device-map", help="'auto' spreads a large checkpoint over all GPUs.")
 _MODEL_HELP = ("A model name (interp models list) or a local checkpoint: qwen2-audio:PATH, "
-               "ultravox:PATH[,audio=PATH][,llm=PATH], phi4mm:PATH, cascade:asr=PATH,llm=PATH.")
+               "ultravox:PATH[,audio=PATH][,llm=PATH], phi4mm:PATH[,speech_lora=off], cascade:asr=PATH,llm=PATH "
+               "(llm=self,speech=SPEC last: the speech LLM's own LLM).")
 
 
 def _load(model: str, device: str, dtype: str, device_map: str | None) -> object:
@@ -289,6 +294,7 @@ def extract_command(
     limit: Optional[int] = typer.Option(None, help="Only the first N items of the set."),
     prompt: Optional[str] = typer.Option(None, help="Prompt with <|audio|> for every item (default: each item's "
                                          "task prompt, as the behaviour harness asks it)."),
+    prompts: str = _PROMPTS,
     items_per_shard: int = typer.Option(64, help="Items per shard file (a crash loses at most one shard)."),
     overwrite: bool = typer.Option(False, help="Replace a cache made with another model, sites or settings."),
     device: str = _DEVICE,
@@ -301,8 +307,9 @@ def extract_command(
     from interp.data.manifest import SpokenSet
     from interp.models.base import describe_model
     from interp.provenance import provenance
-    from interp.task_prompts import task_prompt
+    from interp.task_prompts import check_prompt_style, task_prompt
 
+    style = check_prompt_style(prompts)
     if dtype not in DTYPES:
         raise InterpError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if positions not in POSITIONS:
@@ -315,13 +322,14 @@ def extract_command(
     spoken = SpokenSet.open(data)
     system = _load(model, device, model_dtype, device_map)
     plan = plan_extraction(system, sites, positions)
-    prompt_for = (lambda item: prompt) if prompt else (lambda item: task_prompt(item.task).for_item(item))
+    prompt_for = (lambda item: prompt) if prompt else (lambda item: task_prompt(item.task, style).for_item(item))
     if prompt is not None:
         from interp.models.prompting import split_prompt
 
         split_prompt(prompt)
     config = {"model": model, "data": str(data), "sites": list(plan.sites), "positions": positions, "dtype": dtype,
-              "batch_size": batch_size, "limit": limit, "prompt": prompt, "rank": rank, "world": world}
+              "batch_size": batch_size, "limit": limit, "prompt": prompt, "prompts": None if prompt else style,
+              "rank": rank, "world": world}
     total = len([i for i in range(len(spoken.items[:limit])) if i % world == rank])
     with _progress(None, total=total, desc=f"extracting {model}") as bar:
         writer = extract(system, spoken, out, plan=plan, prompt_for=prompt_for, dtype=dtype, batch_size=batch_size,
@@ -428,6 +436,7 @@ def erase_eval(
                                   "the distribution the eraser was fitted on."),
     name: Optional[str] = typer.Option(None, help="System folder name (default <model>+erase-<concept>)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N items of each set."),
+    prompts: str = _PROMPTS,
     device: str = _DEVICE,
 ) -> None:
     """Answer every item with the eraser applied at its sites (audio positions by default), through the
@@ -435,7 +444,9 @@ def erase_eval(
     from interp.behavior import read_sidecar
     from interp.data.manifest import SpokenSet
     from interp.erasure import Eraser, evaluate_erasure
+    from interp.task_prompts import check_prompt_style
 
+    style = check_prompt_style(prompts)
     if positions not in ("audio", "all"):
         raise InterpError(f"--positions {positions!r}: choose audio or all")
     fitted = Eraser.load(eraser)
@@ -444,7 +455,8 @@ def erase_eval(
     for spoken in sets:
         with _progress(None, total=len(spoken.items[:limit]), desc=f"{spoken.root.name} erased") as bar:
             path = evaluate_erasure(system, fitted, spoken, out, system_name=name, positions=positions, sites=sites,
-                                    limit=limit, progress=lambda done, total: setattr(bar, "n", done) or bar.refresh())
+                                    limit=limit, progress=lambda done, total: setattr(bar, "n", done) or bar.refresh(),
+                                    prompt_style=style)
         sidecar = read_sidecar(path.with_suffix(".json"))
         typer.echo(f"{path}: accuracy {sidecar.get('accuracy')}")
 
@@ -523,6 +535,7 @@ def lens_command(
     level: float = typer.Option(0.95, help="Confidence level of the intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap resamples."),
     figures: bool = typer.Option(True, help="Write the two HTML figures."),
+    prompts: str = _PROMPTS,
     device: str = _DEVICE,
 ) -> None:
     """RMSNorm logit lens at the cached audio positions: bag-of-tokens precision and recall against the
@@ -531,7 +544,9 @@ def lens_command(
     from interp.data.manifest import SpokenSet
     from interp.lens import (TokenNormalizer, cache_layers, implicit_cascade_llm, lens_report, logit_lens,
                              parse_layers, run_implicit_cascade, score_lens, write_report)
+    from interp.task_prompts import check_prompt_style
 
+    style = check_prompt_style(prompts)
     opened = ActivationCache.open(cache)
     chosen = parse_layers(layers, cache_layers(opened.sites))
     if top_k < 1:
@@ -562,7 +577,7 @@ def lens_command(
         llm = implicit_cascade_llm(system)
         with _progress(None, total=len(spoken), desc=f"implicit cascade L{layer}") as bar:
             path = run_implicit_cascade(result, spoken, run, layer=layer, llm=llm, normalizer=normalizer, seed=seed,
-                                        progress=lambda done, total: bar.update(1))
+                                        progress=lambda done, total: bar.update(1), prompt_style=style)
         sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         implicit = {"set": str(implicit_cascade), "layer": layer, "run": str(run), "system": path.parent.name,
                     "predictions": str(path), "llm": getattr(llm, "name", None), "n_items": sidecar["counts"]["items"],
@@ -626,23 +641,32 @@ def behave(
     out: Path = typer.Option(..., "--out", metavar="RUN",
                              help="Run folder; predictions go to RUN/<system>/<set>.jsonl."),
     limit: Optional[int] = typer.Option(None, help="Answer only the first N items of each set."),
+    prompts: str = typer.Option("chat", "--prompts", metavar="STYLE",
+                                help="chat: each task's zero-shot instruction through each model's own chat "
+                                     "template; few-shot: the plain few-shot completions (base models, mini stack)."),
+    calibrate: str = typer.Option("none", "--calibrate", metavar="none|batch",
+                                  help="batch: subtract each choice's mean score over the run's items before the "
+                                       "argmax (each answer then depends on the others); rerunning a finished run "
+                                       "with another value re-finalises it without running the systems."),
     device: str = _DEVICE,
     dtype: str = _DTYPE,
     device_map: Optional[str] = _DEVICE_MAP,
 ) -> None:
     """Let every system answer every item of every set (resumable), then print accuracy per system and set.
 
-    Forced choice by the summed log-likelihood of each choice (batch-calibrated where the task's prompt says
-    so), open answers by greedy generation; an endpoint answers forced choices by generation + parsing.
+    Forced choice by the summed log-likelihood of each choice, scored as the continuation the model would write
+    (uncalibrated unless --calibrate batch), open answers by greedy generation; an endpoint answers forced
+    choices by generation + parsing.
     """
     from tqdm import tqdm
 
-    from interp.behavior import parse_systems, record_run, run_summary, run_system, set_name
+    from interp.behavior import check_scoring, parse_systems, record_run, run_summary, run_system, set_name
     from interp.data.manifest import SpokenSet
     from interp.errors import DataError
     from interp.models.checkpoints import LoadOptions
-    from interp.task_prompts import task_prompt
+    from interp.task_prompts import check_calibration, check_prompt_style, task_prompt
 
+    style, calibration = check_prompt_style(prompts), check_calibration(calibrate)
     specs = parse_systems(systems)
     folders = list(data)
     for extra in ctx.args:
@@ -657,14 +681,18 @@ def behave(
                         "rename one folder")
     for spoken in sets:
         for task in dict.fromkeys(item.task for item in spoken.items):
-            task_prompt(task)
+            task_prompt(task, style)
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
-    record_run(out, systems=[spec.name for spec in specs], sets=names,
-               config={"systems": systems, "data": [str(f) for f in folders], "limit": limit, "device": device})
     options = LoadOptions(device=device, dtype=dtype, device_map=device_map)
-    for spec in specs:
+    for index, spec in enumerate(specs):
         system = spec.load(options)
+        for spoken in sets:
+            check_scoring(system, spoken, prompt_style=style)  # before anything is written
+        if index == 0:
+            record_run(out, systems=[spec.name for spec in specs], sets=names,
+                       config={"systems": systems, "data": [str(f) for f in folders], "limit": limit,
+                               "device": device, "prompts": style, "calibration": calibration})
         for spoken, name in zip(sets, names):
             with tqdm(total=min(limit or len(spoken), len(spoken)), desc=f"{spec.name} / {name}", unit="item",
                       disable=None, file=sys.stderr) as bar:
@@ -673,12 +701,14 @@ def behave(
                     bar.n = done
                     bar.refresh()
 
-                run_system(system, spoken, out, system_name=spec.name, limit=limit, progress=update, spec=spec.spec)
+                run_system(system, spoken, out, system_name=spec.name, limit=limit, progress=update, spec=spec.spec,
+                           prompt_style=style, calibration=calibration)
         del system
     system_order = [spec.name for spec in specs]
     rows = sorted((row for row in run_summary(out) if row["system"] in system_order and row["set"] in names),
                   key=lambda row: (system_order.index(row["system"]), names.index(row["set"])))
-    typer.echo(f"{'system':24s} {'set':28s} {'items':>6s} {'accuracy':>9s}")
+    label = "calibrated (batch)" if calibration == "batch" else "uncalibrated"
+    typer.echo(f"{'system':24s} {'set':28s} {'items':>6s} {'accuracy':>9s}  ({style} prompts, {label})")
     for row in rows:
         extra = f"  WER {row['wer']:.3f}" if row["wer"] is not None else ""
         extra += f"  unparsed {row['unparsed']}" if row["unparsed"] else ""
@@ -753,6 +783,10 @@ def demo_command(
                                         "with --suite-items 40 took 35 min on 2 cores instead of 20."),
     threads: int = typer.Option(2, help="Torch threads."),
     seed: int = typer.Option(0, help="Seed of the sets, voices, noise, splits and bootstraps."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", metavar="STYLE", help="chat or few-shot (default: "
+                                          "the demo plan's choice, see README)."),
+    calibrate: str = typer.Option("none", "--calibrate", metavar="none|batch",
+                                  help="Calibration of the behaviour stage's forced choices."),
 ) -> None:
     """The whole study in miniature on CPU: mini-ultravox against mini-cascade (same SmolLM2) and the text
     oracle. Builds the spoken sets (built-in suites, SST-2 and AG News subsets, babble at 20/10/5/0 dB), lets
@@ -765,9 +799,12 @@ def demo_command(
     from tqdm import tqdm
 
     from interp.study import STAGES, demo_plan, run_study
+    from interp.task_prompts import check_calibration, check_prompt_style
 
     torch.set_num_threads(threads)
     plan = demo_plan()
+    plan.prompt_style = check_prompt_style(prompts or plan.prompt_style)
+    plan.calibration = check_calibration(calibrate)
     plan.suites = {task: suite_items for task in plan.suites}
     plan.benchmarks = {name: benchmark_items for name in plan.benchmarks}
     plan.seed = seed

@@ -877,7 +877,7 @@ def apply_eraser(model: Any, eraser: Eraser, *, sites: Sequence[str] | str | Non
 def evaluate_erasure(model: Any, eraser: Eraser, spoken_set: SpokenSet, out_dir: str | Path, *,
                      system_name: str | None = None, positions: Positions = "audio",
                      sites: Sequence[str] | str | None = None, limit: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> Path:
+                     progress: Callable[[int, int], None] | None = None, prompt_style: str = "chat") -> Path:
     """Run the behavioural harness (`interp.behavior.run_system`) on `model` with `eraser` applied; returns the
     predictions file `<out_dir>/<system_name>/<set>.jsonl`. system_name defaults to ``<model>+erase-<concept>``.
 
@@ -906,5 +906,6 @@ def evaluate_erasure(model: Any, eraser: Eraser, spoken_set: SpokenSet, out_dir:
     with apply_eraser(model, eraser, sites=chosen, positions=positions):  # refuses a wrong model before writing
         folder.mkdir(parents=True, exist_ok=True)
         sidecar.write_text(json.dumps(record, indent=1, allow_nan=False, default=str) + "\n", encoding="utf-8")
-        return run_system(model, spoken_set, Path(out_dir), system_name=name, limit=limit, progress=progress)
+        return run_system(model, spoken_set, Path(out_dir), system_name=name, limit=limit, progress=progress,
+                          prompt_style=prompt_style)
 

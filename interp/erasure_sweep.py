@@ -66,6 +66,7 @@ class SweepPlan:
     random_match: str = "text"
     text_classes: int = 32
     dtype: str = "float32"
+    prompt_style: str = "chat"
     batch_size: int = 8
     seed: int = 0
     threads: int | None = None
@@ -172,7 +173,7 @@ def _ensure_cache(model: Any, spoken: Any, cache_dir: Path, sites: list[str], pl
     config = {"model": plan.model, "data": str(spoken.root), "sites": list(extraction.sites), "positions": "audio",
               "dtype": dtype, "batch_size": plan.batch_size, "limit": plan.limit}
     extract(model, spoken, cache_dir, plan=extraction, dtype=dtype, batch_size=plan.batch_size, limit=plan.limit,
-            prompt_for=lambda item: task_prompt(item.task).for_item(item),
+            prompt_for=lambda item: task_prompt(item.task, plan.prompt_style).for_item(item),
             model_info=describe_model(model, plan.model),
             provenance=provenance(command=f"{plan.command} (extract)", config=config, seed=None))
     cache = ActivationCache.open(cache_dir)
@@ -241,7 +242,8 @@ def _clean(model: Any, eval_set: Any, set_name: str, plan: SweepPlan) -> Path:
         _say(f"skip: clean predictions {path.relative_to(plan.out)} done")
         return path
     start = time.perf_counter()
-    path = run_system(model, eval_set, plan.out, system_name=plan.model, spec=plan.model, seed=plan.seed)
+    path = run_system(model, eval_set, plan.out, system_name=plan.model, spec=plan.model, seed=plan.seed,
+                      prompt_style=plan.prompt_style)
     _say(f"clean baseline on {len(eval_set.items)} items in {time.perf_counter() - start:.1f} s")
     return path
 
@@ -256,7 +258,8 @@ def _erased(model: Any, eraser: Any, eval_set: Any, set_name: str, concept: str,
         _say(f"skip: predictions {path.relative_to(plan.out)} done")
         return path
     start = time.perf_counter()
-    path = evaluate_erasure(model, eraser, eval_set, plan.out, system_name=system, positions=plan.positions)
+    path = evaluate_erasure(model, eraser, eval_set, plan.out, system_name=system, positions=plan.positions,
+                            prompt_style=plan.prompt_style)
     _say(f"{concept} at layers {label}: {len(eval_set.items)} items in {time.perf_counter() - start:.1f} s")
     return path
 

@@ -491,16 +491,16 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def run_implicit_cascade(result: LensResult, spoken_set: Any, run_dir: Path, *, layer: int, llm: Any,
                          normalizer: TokenNormalizer, progress: Callable[[int, int], None] | None = None,
-                         seed: int = 0) -> Path:
+                         seed: int = 0, prompt_style: str = "chat", calibration: str = "none") -> Path:
     """Answer the set's items that are in the lens result with `llm` reading their lens text at `layer`.
 
-    Writes `run_dir/implicit-cascade-L<layer>[-nonorm]/<set>.jsonl` (one line per item, set order, batch-
-    calibrated; `lens_text` holds what the LLM read) and its `<set>.json` sidecar (status done), the layout of
+    Writes `run_dir/implicit-cascade-L<layer>[-nonorm]/<set>.jsonl` (one line per item, set order, under the
+    run's prompt style and calibration (interp.task_prompts); `lens_text` holds what the LLM read) and its `<set>.json` sidecar (status done), the layout of
     interp.behavior, and returns the predictions path. Items of the set missing from the cache are skipped
     with a warning; none in common raises InterpError.
     """
-    from interp.behavior import (CALIBRATION_RULE, LENGTH_POLICY, OPEN_ANSWER_RULE, PARSE_RULE, PREDICTIONS_SUFFIX,
-                                 SIDECAR_SUFFIX, answer_item, batch_calibrate, set_name)
+    from interp.behavior import (CALIBRATION_RULES, LENGTH_POLICY, OPEN_ANSWER_RULE, PARSE_RULE, PREDICTIONS_SUFFIX,
+                                 SIDECAR_SUFFIX, answer_item, finalise_choices, set_name)
     from interp.models.prompting import PlainPrompt
     from interp.provenance import provenance
     from interp.task_prompts import task_prompt
@@ -517,7 +517,7 @@ def run_implicit_cascade(result: LensResult, spoken_set: Any, run_dir: Path, *, 
     if len(items) < len(spoken_set.items):
         _log.warning("%d of %d items of %s are not in the cache; the implicit cascade answers the %d others",
                      len(spoken_set.items) - len(items), len(spoken_set.items), spoken_set.root, len(items))
-    prompts = {task: task_prompt(task) for task in dict.fromkeys(item.task for item in items)}
+    prompts = {task: task_prompt(task, prompt_style) for task in dict.fromkeys(item.task for item in items)}
     top1 = result.layers[layer].top1
     records, by_id = [], {}
     for done, item in enumerate(items, start=1):
@@ -532,7 +532,7 @@ def run_implicit_cascade(result: LensResult, spoken_set: Any, run_dir: Path, *, 
         by_id[item.id] = item
         if progress is not None:
             progress(done, len(items))
-    final = batch_calibrate(records, by_id, prompts)
+    final = finalise_choices(records, by_id, calibration=calibration)
 
     system = implicit_cascade_name(layer, norm=result.norm)
     name = set_name(Path(spoken_set.root))
@@ -552,10 +552,12 @@ def run_implicit_cascade(result: LensResult, spoken_set: Any, run_dir: Path, *, 
         "system": {"name": system, "spec": None, "class": "ImplicitCascade", "model": result.model,
                    "llm": getattr(llm, "name", None), "cache": result.cache, "cache_model": result.cache_model,
                    "layer": layer, "norm": result.norm},
-        "prompts": {task: {"prompt": str(p.prompt), "plain": isinstance(p.prompt, PlainPrompt),
-                           "calibrated": p.calibrated, "max_new_tokens": p.max_new_tokens}
+        "prompts": {task: {"prompt": str(p.prompt), "style": p.style, "plain": isinstance(p.prompt, PlainPrompt),
+                           "max_new_tokens": p.max_new_tokens}
                     for task, p in prompts.items()},
-        "rules": {"forced_choice": "log-likelihood", "length_policy": LENGTH_POLICY, "calibration": CALIBRATION_RULE,
+        "prompt_style": prompt_style,
+        "calibration": {"name": calibration, "rule": CALIBRATION_RULES[calibration]},
+        "rules": {"forced_choice": "log-likelihood", "length_policy": LENGTH_POLICY,
                   "parse": PARSE_RULE, "open_answers": OPEN_ANSWER_RULE, "lens_text": LENS_TEXT_RULE},
         "input": "logit-lens text",
     }

@@ -9,6 +9,11 @@ was, and the reply is `system.generate(audio, prompt, max_new_tokens=max_tokens)
 prompts exactly. Not supported (answered 400): streaming, n > 1, system or earlier turns, tools.
 Requests are served one at a time per model (a lock around the model); the server answers /v1/models while a
 generation runs. With an API key set, every request needs `Authorization: Bearer <key>`.
+
+Malformed requests get an error, never a hung or crashed thread: a Content-Length that is missing, not a
+decimal number (`abc`, `-1`) or over the body limit is answered 411, 400 or 413 and the connection closed
+(where its body ends is unknown); a client that stops sending for `read_timeout` seconds is answered 408 (or,
+in its headers, dropped), so it cannot hold a thread forever.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ __all__ = ["serve", "make_server", "wav_base64", "decode_audio", "prompt_from_me
 _log = logging.getLogger(__name__)
 _MAX_BODY = 64 * 1024 * 1024
 _DEFAULT_MAX_TOKENS = 64
+_READ_TIMEOUT = 10.0
+"""Seconds a connection may stay silent (per socket read or write, so a large body that keeps arriving is
+never cut off); it also ends an idle keep-alive connection, whose client reconnects."""
 
 
 class RequestError(Exception):
@@ -129,8 +137,11 @@ def _max_tokens(body: dict[str, Any]) -> int:
 
 
 def make_server(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
-                api_key: str | None = None) -> ThreadingHTTPServer:
-    """A bound server (port 0 picks a free one: read `server.server_address`); call serve_forever() on it."""
+                api_key: str | None = None, read_timeout: float = _READ_TIMEOUT) -> ThreadingHTTPServer:
+    """A bound server (port 0 picks a free one: read `server.server_address`); call serve_forever() on it.
+
+    read_timeout: seconds a client may stay silent mid-request before it is answered 408 or dropped.
+    """
     if not hasattr(system, "generate"):
         raise InterpError(f"{type(system).__name__} cannot generate; serve a speech LLM or a cascade")
     from interp.models.cascade import Oracle
@@ -171,18 +182,46 @@ def make_server(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "interp"}]}
 
-    handler = _handler(complete, models, api_key)
+    handler = _handler(complete, models, api_key, read_timeout)
     try:
-        return ThreadingHTTPServer((host, port), handler)
+        return _Server((host, port), handler)
     except OSError as error:
         raise InterpError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer whose unexpected errors go to the log: socketserver prints them to stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _log.exception("request from %s failed", client_address)
+
+
+def _body_length(value: str | None) -> int:
+    """The body's byte count from a Content-Length header; RequestError where it cannot be trusted.
+
+    int() alone would take '-1' (then read() waits for the client to close), '+5' or '1_000'; only plain
+    decimal digits are a length.
+    """
+    if value is None:
+        raise RequestError(411, "send a Content-Length header (chunked request bodies are not supported)")
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
+        raise RequestError(400, f"Content-Length must be a non-negative whole number of bytes, got {value!r}")
+    length = int(value)
+    if length > _MAX_BODY:
+        raise RequestError(413, f"request body over {_MAX_BODY} bytes")
+    return length
+
+
 def _handler(complete: Callable[[dict[str, Any]], dict[str, Any]], models: Callable[[], dict[str, Any]],
-             api_key: str | None) -> type[BaseHTTPRequestHandler]:
+             api_key: str | None, read_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "interp-serve"
+        # StreamRequestHandler puts this on the socket; a silent client then raises TimeoutError, which
+        # handle_one_request turns into a dropped connection (in the request line or headers) and do_POST
+        # into a 408 (in the body).
+        timeout = read_timeout
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
             _log.info("%s %s", self.address_string(), format % args)
@@ -192,6 +231,8 @@ def _handler(complete: Callable[[dict[str, Any]], dict[str, Any]], models: Calla
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:  # tell the client, so it does not send its next request here
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -217,13 +258,33 @@ def _handler(complete: Callable[[dict[str, Any]], dict[str, Any]], models: Calla
             else:
                 self._error(RequestError(404, f"no route GET {self.path}; try GET /v1/models", "not_found"))
 
-        def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > _MAX_BODY:
+        def _read_body(self) -> bytes | None:
+            """The request body, or None after answering (or dropping) a request whose body cannot be read.
+
+            Each refusal closes the connection: the unread rest of the body would be parsed as a request.
+            """
+            try:
+                length = _body_length(self.headers.get("Content-Length"))
+                raw = self.rfile.read(length)
+            except RequestError as error:
                 self.close_connection = True
-                self._error(RequestError(413, f"request body over {_MAX_BODY} bytes"))
+                self._error(error)
+                return None
+            except TimeoutError:
+                self.close_connection = True
+                self._error(RequestError(408, f"the request body stopped arriving for {read_timeout:g} s"))
+                return None
+            if len(raw) < length:  # the client closed its side mid-body: nobody is left to answer
+                _log.info("%s closed the connection %d bytes into a %d-byte body", self.address_string(),
+                          len(raw), length)
+                self.close_connection = True
+                return None
+            return raw
+
+        def do_POST(self) -> None:  # noqa: N802
+            raw = self._read_body()
+            if raw is None:
                 return
-            raw = self.rfile.read(length)
             if not self._authorised():
                 return
             if self.path.rstrip("/") != "/v1/chat/completions":

@@ -26,14 +26,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from interp.errors import InterpError
 
-__all__ = ["STAGES", "StudyPlan", "StageResult", "run_study", "demo_plan", "stage_times"]
+__all__ = ["STAGES", "StudyPlan", "StageResult", "run_study", "demo_plan", "stage_times", "speech_kappas"]
 
 STAGES = ("sets", "behaviour", "caches", "probes", "lens", "erasure", "stats", "report")
 _log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class StudyPlan:
     concepts: list[str] = field(default_factory=lambda: ["text", "random", "energy", "pitch"])
     erasure_layers: str = "all"
     lens_layer: int | None = None  # default: the last layer
+    prompt_style: str = "chat"  # interp.task_prompts: "chat" (each model's template) or "few-shot"
+    calibration: str = "none"  # "none" or "batch" (the behaviour stage's forced choices)
     engine: str = "piper"
     cache_dtype: str = "float32"
     device: str = "cpu"
@@ -119,8 +121,10 @@ class _Study:
             from interp.models.mini import load_model
 
             started = time.perf_counter()
+            # An own-backbone cascade shares the weights of the speech model loaded before it.
             self._models[spec] = load_model(spec, options=LoadOptions(device=self.plan.device,
-                                                                       dtype=self.plan.model_dtype))
+                                                                       dtype=self.plan.model_dtype),
+                                            loaded=self._models)
             _log.info("loaded %s in %.1f s", spec, time.perf_counter() - started)
         return self._models[spec]
 
@@ -197,7 +201,7 @@ class _Study:
         run = self.out / "behave"
         record_run(run, systems=[s.name for s in specs], sets=[set_name(f) for f in folders],
                    config={"systems": [s.spec for s in specs], "data": [str(f) for f in folders], "limit": None,
-                           "device": plan.device})
+                           "device": plan.device, "prompts": plan.prompt_style, "calibration": plan.calibration})
         written = []
         for spec in specs:
             system = self.model(spec.spec) if not spec.is_endpoint else spec.load()
@@ -211,7 +215,8 @@ class _Study:
                         done[0] = n_done
 
                     written.append(run_system(system, spoken, run, system_name=spec.name, spec=spec.spec,
-                                              seed=plan.seed, progress=step))
+                                              seed=plan.seed, progress=step, prompt_style=plan.prompt_style,
+                                              calibration=plan.calibration))
             if spec.spec != plan.speech_model:
                 self.drop(spec.spec)  # the speech LLM stays loaded for the stages that follow
             system = None  # let a cascade go before the next one loads (GPU memory)
@@ -244,7 +249,7 @@ class _Study:
                       "positions": "audio", "dtype": self.plan.cache_dtype}
             with self.progress(f"extracting {name} {sites}", len(spoken)) as update:
                 extract(model, spoken, out, plan=extraction, dtype=self.plan.cache_dtype,
-                        prompt_for=lambda item: task_prompt(item.task).for_item(item),
+                        prompt_for=lambda item: task_prompt(item.task, self.plan.prompt_style).for_item(item),
                         model_info=describe_model(model, self.plan.speech_model),
                         provenance=self.provenance("caches") | {"extract": config}, progress=update)
             written.append(out)
@@ -301,7 +306,9 @@ class _Study:
                 with self.progress(f"implicit cascade {name} L{layer}", len(spoken)) as update:
                     path = run_implicit_cascade(result, spoken, self.out / "behave", layer=layer, llm=llm,
                                                 normalizer=normalizer, seed=self.plan.seed,
-                                                progress=lambda done, total: update(1))
+                                                progress=lambda done, total: update(1),
+                                                prompt_style=self.plan.prompt_style,
+                                                calibration=self.plan.calibration)
                 sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
                 implicit = {"set": name, "layer": layer, "run": str(self.out / "behave"), "system": path.parent.name,
                             "predictions": str(path), "llm": getattr(llm, "name", None),
@@ -318,6 +325,7 @@ class _Study:
         sweep = SweepPlan(model=self.plan.speech_model, sets=[self.set_path(n) for n in self.plan.analysis_sets],
                           out=self.out / "erasure", cache_dir=self.out / "caches", concepts=self.plan.concepts,
                           layer_sets=[self.plan.erasure_layers], dtype=self.plan.cache_dtype, seed=self.plan.seed,
+                          prompt_style=self.plan.prompt_style,
                           command=f"{self.command} (stage erasure)")
         run_sweep(sweep, model=self.model(self.plan.speech_model))
         return [self.out / "erasure" / name for name in ("sweep.json", "sweep.csv", "sweep.html")]
@@ -352,6 +360,22 @@ def stage_times(out: Path) -> dict[str, float]:
         if path.is_file():
             times[stage] = float(json.loads(path.read_text(encoding="utf-8"))["seconds"])
     return times
+
+
+def speech_kappas(out: Path, plan: StudyPlan, *, systems: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """κ of the plan's speech model with each of `systems`, by forced-choice set, from OUT/behave/stats.json
+    (the stats stage): what scripts/reproduce_paper.py prints for the paper's cascade beside the own-backbone
+    one. None for a system that did not answer that set."""
+    from interp.behavior import parse_systems
+
+    speech = parse_systems(plan.speech_model)[0].name
+    stats = json.loads((Path(out) / "behave" / "stats.json").read_text(encoding="utf-8"))
+    table = {}
+    for name, entry in stats["sets"].items():
+        pairs = {frozenset((pair["a"], pair["b"])): pair["value"] for pair in entry["kappa"]}
+        if pairs:
+            table[name] = {system: pairs.get(frozenset((speech, system))) for system in systems}
+    return table
 
 
 def _plan_record(plan: StudyPlan) -> dict[str, Any]:

@@ -1,17 +1,22 @@
-"""How each task is put to a system: one prompt per task, the same for end-to-end models and cascades.
+"""How each task is put to a system: one prompt per task and style, the same for end-to-end models and cascades.
 
-SmolLM2-135M-Instruct is at chance on SST-2 with a zero-shot chat question and raw log-likelihoods (it
-always says "positive"). Two changes make the tasks doable at this size (measured figures in README):
-- few-shot completion prompts written here (never benchmark items), given without the chat template
-  (`PlainPrompt`);
-- batch calibration (Zhou et al., 2024, "Batch Calibration"): a forced-choice answer is the argmax of
-  each choice's log-likelihood minus that choice's mean over the items of the run, which removes the
-  model's prior for one answer word. It needs every item of a run to share the same choices.
+Two styles, chosen per run and recorded in every predictions file:
+- `chat` (the default): a zero-shot instruction with the audio slot, which each system renders through its own
+  model's chat template (the one it was trained with), BOS as its tokenizer adds it. The answer is the assistant's
+  first words; the matched cascade's LLM reads the same instruction with the transcript in the slot.
+- `few-shot`: few-shot completion prompts written here (never benchmark items), given without any template
+  (`PlainPrompt`), ending in `Answer:`; for base models and the mini stack, whose 135 M LLM reads them better.
+
+Forced-choice answers are the argmax of the choices' log-likelihoods (interp.models.prompting scores each as the
+continuation the model would write). Batch calibration (Zhou et al., 2024, "Batch Calibration": subtract each
+choice's mean score over the run's items) is an explicit option of a run, never the default: it makes each answer
+depend on the other items of the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -19,19 +24,26 @@ from interp.data.manifest import Item
 from interp.errors import InterpError
 from interp.models.prompting import PlainPrompt
 
-__all__ = ["TaskPrompt", "TASK_PROMPTS", "task_prompt", "calibrated_choice"]
+__all__ = ["PromptStyle", "PROMPT_STYLES", "DEFAULT_PROMPT_STYLE", "Calibration", "CALIBRATIONS", "TaskPrompt",
+           "TASKS", "task_prompt", "check_prompt_style", "check_calibration", "choose"]
+
+PromptStyle = Literal["chat", "few-shot"]
+PROMPT_STYLES: tuple[str, ...] = get_args(PromptStyle)
+DEFAULT_PROMPT_STYLE: PromptStyle = "chat"
+Calibration = Literal["none", "batch"]
+CALIBRATIONS: tuple[str, ...] = get_args(Calibration)
 
 
 @dataclass(frozen=True)
 class TaskPrompt:
-    """A task's prompt (one AUDIO_PLACEHOLDER) and how its answers are chosen.
+    """A task's prompt in one style: one AUDIO_PLACEHOLDER (a PlainPrompt for `few-shot`).
 
-    calibrated: forced-choice answers use batch calibration (see module docstring). `{options}` in the
-    prompt is replaced by the item's choices, one per line, for tasks whose choices differ by item.
+    `{options}` in the prompt is replaced by the item's choices, one per line, for tasks whose choices differ
+    by item.
     """
 
     prompt: str
-    calibrated: bool = True
+    style: PromptStyle
     max_new_tokens: int = 16
 
     def for_item(self, item: Item) -> str:
@@ -42,11 +54,20 @@ class TaskPrompt:
         return PlainPrompt(text) if isinstance(self.prompt, PlainPrompt) else text
 
 
-def _few_shot(label: str, question: str | None, shots: list[tuple[str, str]]) -> PlainPrompt:
-    """`label: text` [question] `Answer: answer` blocks, then the audio in the same frame."""
-    ask = f"{question}\n" if question else ""
+@dataclass(frozen=True)
+class _Task:
+    """The two renderings of one task: the zero-shot instruction and the few-shot completion."""
+
+    instruction: str
+    few_shot: PlainPrompt
+    max_new_tokens: int = 16
+
+
+def _few_shot(label: str, shots: list[tuple[str, str]], *, ask: str = "") -> PlainPrompt:
+    """`label: text` [ask] `Answer: answer` blocks, then the audio in the same frame, ending in `Answer:`."""
+    ask = f"{ask}\n" if ask else ""
     blocks = [f"{label}: {text}\n{ask}Answer: {answer}\n\n" for text, answer in shots]
-    return PlainPrompt("".join(blocks) + f"{label}: <|audio|>\n{ask}Answer: ")
+    return PlainPrompt("".join(blocks) + f"{label}: <|audio|>\n{ask}Answer:")
 
 
 _REVIEW_SHOTS = [("The pasta was cold and the waiter was rude.", "negative"),
@@ -58,33 +79,63 @@ _NEWS_SHOTS = [("The striker scored a late goal to win the cup.", "Sports"),
 _YESNO_SHOTS = [("Is a cat a kind of animal?", "yes"), ("Is a spoon a kind of vehicle?", "no")]
 _TRIVIA_SHOTS = [("What is the capital of France?", "Paris"), ("How many legs does a spider have?", "eight")]
 
-TASK_PROMPTS: dict[str, TaskPrompt] = {
-    "sentiment": TaskPrompt(_few_shot("Review", None, _REVIEW_SHOTS)),
-    "sst2": TaskPrompt(_few_shot("Review", None, _REVIEW_SHOTS)),
-    "topic": TaskPrompt(_few_shot("News", None, _NEWS_SHOTS)),
-    "ag_news": TaskPrompt(_few_shot("News", None, _NEWS_SHOTS)),
-    "yesno": TaskPrompt(_few_shot("Question", None, _YESNO_SHOTS)),
-    "pitch": TaskPrompt(PlainPrompt("Speech: <|audio|>\nIs the speaker's voice low or high?\nAnswer: ")),
-    "rate": TaskPrompt(PlainPrompt("Speech: <|audio|>\nIs the speaker talking slow or fast?\nAnswer: ")),
-    "meld": TaskPrompt(PlainPrompt("Utterance: <|audio|>\nEmotion (anger, disgust, fear, joy, neutral, sadness "
-                                   "or surprise): ")),
-    "mustard": TaskPrompt(PlainPrompt("Utterance: <|audio|>\nIs this sarcastic or not sarcastic?\nAnswer: ")),
-    "csqa": TaskPrompt(PlainPrompt("Question: <|audio|>\nOptions:\n{options}\nAnswer: "), calibrated=False),
-    "triviaqa": TaskPrompt(_few_shot("Question", None, _TRIVIA_SHOTS), calibrated=False),
-    "transcribe": TaskPrompt("Repeat exactly what you heard: <|audio|>", calibrated=False, max_new_tokens=96),
+_SENTIMENT = _Task("<|audio|>\nIs the sentiment of this review positive or negative? Answer with one word.",
+                   _few_shot("Review", _REVIEW_SHOTS))
+_TOPIC = _Task("<|audio|>\nIs this news about World, Sports, Business or Sci/Tech? Answer with one of these words.",
+               _few_shot("News", _NEWS_SHOTS))
+_TRANSCRIBE = "Repeat exactly what you heard: <|audio|>"
+
+TASKS: dict[str, _Task] = {
+    "sentiment": _SENTIMENT,
+    "sst2": _SENTIMENT,
+    "topic": _TOPIC,
+    "ag_news": _TOPIC,
+    "yesno": _Task("<|audio|>\nAnswer the question with yes or no.", _few_shot("Question", _YESNO_SHOTS)),
+    "pitch": _Task("<|audio|>\nIs the speaker's voice low or high? Answer with one word.",
+                   PlainPrompt("Speech: <|audio|>\nIs the speaker's voice low or high?\nAnswer:")),
+    "rate": _Task("<|audio|>\nIs the speaker talking slow or fast? Answer with one word.",
+                  PlainPrompt("Speech: <|audio|>\nIs the speaker talking slow or fast?\nAnswer:")),
+    "meld": _Task("<|audio|>\nWhich emotion does the speaker express: anger, disgust, fear, joy, neutral, sadness "
+                  "or surprise? Answer with one word.",
+                  PlainPrompt("Utterance: <|audio|>\nEmotion (anger, disgust, fear, joy, neutral, sadness or "
+                              "surprise):")),
+    "mustard": _Task("<|audio|>\nIs this utterance sarcastic or not sarcastic? Answer with one of the two.",
+                     PlainPrompt("Utterance: <|audio|>\nIs this sarcastic or not sarcastic?\nAnswer:")),
+    "csqa": _Task("<|audio|>\nChoose the best answer:\n{options}\nAnswer with the answer's text.",
+                  PlainPrompt("Question: <|audio|>\nOptions:\n{options}\nAnswer:")),
+    "triviaqa": _Task("<|audio|>\nAnswer the question in a few words.", _few_shot("Question", _TRIVIA_SHOTS)),
+    # the instruction mini-ultravox's projector was trained on, in both styles
+    "transcribe": _Task(_TRANSCRIBE, PlainPrompt(_TRANSCRIBE), max_new_tokens=96),
 }
 
 
-def task_prompt(task: str) -> TaskPrompt:
-    """The prompt of a task; raises InterpError listing the known tasks."""
-    if task not in TASK_PROMPTS:
-        raise InterpError(f"no prompt for task {task!r}; known tasks: {', '.join(TASK_PROMPTS)}")
-    return TASK_PROMPTS[task]
+def check_prompt_style(style: str) -> PromptStyle:
+    """The style, or InterpError naming the known ones."""
+    if style not in PROMPT_STYLES:
+        raise InterpError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
+    return style  # type: ignore[return-value]
 
 
-def calibrated_choice(scores: np.ndarray, *, calibrated: bool) -> np.ndarray:
-    """(items,) chosen indices from (items, choices) log-likelihoods; batch-calibrated when asked."""
+def check_calibration(calibration: str) -> Calibration:
+    """The calibration, or InterpError naming the known ones."""
+    if calibration not in CALIBRATIONS:
+        raise InterpError(f"unknown calibration {calibration!r}; choose one of {', '.join(CALIBRATIONS)}")
+    return calibration  # type: ignore[return-value]
+
+
+def task_prompt(task: str, style: PromptStyle = DEFAULT_PROMPT_STYLE) -> TaskPrompt:
+    """The prompt of a task in a style; raises InterpError listing the known tasks or styles."""
+    if task not in TASKS:
+        raise InterpError(f"no prompt for task {task!r}; known tasks: {', '.join(TASKS)}")
+    spec = TASKS[task]
+    text = spec.instruction if check_prompt_style(style) == "chat" else spec.few_shot
+    return TaskPrompt(text, style, spec.max_new_tokens)
+
+
+def choose(scores: np.ndarray, *, calibration: Calibration) -> np.ndarray:
+    """(items,) chosen indices from (items, choices) float64 log-likelihoods: the argmax, after subtracting each
+    choice's mean over the items when calibration is "batch"."""
     scores = np.asarray(scores, dtype=np.float64)
-    if calibrated:
+    if check_calibration(calibration) == "batch":
         scores = scores - scores.mean(axis=0, keepdims=True)
     return scores.argmax(axis=1)

@@ -10,6 +10,9 @@ Systems of each study:
   matched-cascade            --whisper (Whisper-large) → the model's own LLM: --llm-qwen2 (Qwen2-7B-Instruct)
                              for Qwen2-Audio, --llm-llama (Llama-3.1-8B-Instruct) for Ultravox, --llm-phi4-mini
                              (Phi-4-mini-instruct) for Phi-4-MM
+  own-backbone-cascade       --whisper → the model's own language model reading the transcript (llm=self):
+                             Qwen2-Audio's fine-tuned Qwen2, Ultravox's Llama, Phi-4-MM's Phi-4 without its speech
+                             LoRA; it shares the loaded model's weights (no folder, no memory of its own)
   cascade-s                  --whisper → --llm-strong (Qwen2.5-7B-Instruct), when --llm-strong is given
   cascade-w                  --whisper-weak (Whisper-small) → --llm-strong, when both are given
 No oracle: the demo's oracle is SmolLM2 reading the gold transcript, and a checkpoint folder of a bare text LLM
@@ -20,7 +23,8 @@ Stages (each model): sets (SST-2, AG News and CommonsenseQA spoken by TTS, babbl
 behaviour (every system answers every set), caches (the model's LLM layers at audio positions on the analysis
 sets, its encoder layers on the first), probes (energy, pitch, CTC, bag of characters by layer), lens (RMSNorm
 logit lens; the implicit cascade for Ultravox only), erasure (LEACE: text, random, energy, pitch at all layers),
-stats (κ, error overlap, McNemar + BH, accuracy vs SNR), report.
+stats (κ, error overlap, McNemar + BH, accuracy vs SNR), report. At the end, each model's κ with the matched
+cascade and with the own-backbone cascade is printed per forced-choice set.
 
 What to expect per model at --items 1000 in bfloat16 on one 80 GB GPU. Disk: the releases' safetensors. GPU:
 weights, plus a few GB of activations. Cache disk: rows × layers × width × 2 bytes (bfloat16), audio positions
@@ -44,7 +48,7 @@ cascade at the peak (~36 GB for the 7-8B models). The
 cascades (Cascade-S/W included) answer again in each model's study, since the study folders are independent.
 
 --dry-run rehearses all of it in minutes on the CPU: tiny random checkpoints written as the real releases are
-(interp.models.tiny.save_tiny_checkpoints, in a temporary folder) go through the same argument handling, specs
+(interp.models.tiny_releases.save_tiny_checkpoints, in a temporary folder) go through the same argument handling, specs
 and stages, with a few items per set and espeak instead of piper.
 
 Usage:
@@ -76,6 +80,8 @@ if TYPE_CHECKING:
 SCRIPT = "scripts/reproduce_paper.py"
 BENCHMARKS = ("sst2", "ag_news", "csqa")
 CONCEPTS = ["text", "random", "energy", "pitch"]
+MATCHED, OWN_BACKBONE = "matched-cascade", "own-backbone-cascade"
+"""The two cascades whose κ with the end-to-end model is printed: the paper's (public LLM) and the model's own LLM."""
 DRY_RUN_ITEMS = 8
 """Items per set in --dry-run: enough for the probes' and the erasure's fit/evaluation halves."""
 
@@ -174,7 +180,7 @@ _FOLDER_OPTIONS = ("qwen2_audio", "ultravox", "ultravox_audio", "ultravox_llm", 
 def _use_tiny_checkpoints(args: argparse.Namespace, root: Path) -> None:
     """Point every folder option at a tiny checkpoint (one tiny Llama stands in for every text LLM)."""
     from interp.errors import InterpError
-    from interp.models.tiny import save_tiny_checkpoints
+    from interp.models.tiny_releases import save_tiny_checkpoints
 
     given = [_option(dest) for dest in _FOLDER_OPTIONS if getattr(args, dest)]
     if given:
@@ -182,7 +188,7 @@ def _use_tiny_checkpoints(args: argparse.Namespace, root: Path) -> None:
     tiny = save_tiny_checkpoints(root, seed=args.seed)
     for dest in ("qwen2_audio", "ultravox", "phi4mm", "whisper"):
         setattr(args, dest, tiny[dest.replace("_", "-")])
-    args.ultravox_audio, args.whisper_weak = tiny["whisper"], tiny["whisper-weak"]
+    args.ultravox_audio, args.whisper_weak = tiny["ultravox-audio"], tiny["whisper-weak"]
     for dest in ("ultravox_llm", "llm_qwen2", "llm_llama", "llm_phi4_mini", "llm_strong"):
         setattr(args, dest, tiny["llama"])
 
@@ -224,9 +230,11 @@ def _plans(args: argparse.Namespace) -> dict[str, StudyPlan]:
         llm = getattr(args, model.llm_option)
         if not llm:
             raise InterpError(f"{_option(model.option)} needs its matched LLM: {_option(model.llm_option)} PATH")
+        speech = model.spec(args)
+        own = f"cascade:asr={whisper},llm=self,speech={speech},name={OWN_BACKBONE}"
         plans[model.name] = StudyPlan(
-            speech_model=model.spec(args), cascade=f"cascade:asr={whisper},llm={_folder(llm)},name=matched-cascade",
-            extra_systems=list(extra), suites={}, benchmarks=dict.fromkeys(BENCHMARKS, args.items),
+            speech_model=speech, cascade=f"cascade:asr={whisper},llm={_folder(llm)},name={MATCHED}",
+            extra_systems=[own, *extra], suites={}, benchmarks=dict.fromkeys(BENCHMARKS, args.items),
             benchmark_files=dict(files), noisy_sets=list(BENCHMARKS), snrs=args.snrs,
             analysis_sets=[name.strip() for name in args.analysis_sets.split(",") if name.strip()],
             concepts=list(CONCEPTS), engine="espeak" if args.dry_run else "piper", cache_dtype=args.cache_dtype,
@@ -252,7 +260,8 @@ def _release_memory(device: str) -> None:
 
 
 def _run(args: argparse.Namespace, command: str) -> dict[str, list[StageResult]]:
-    """Every plan's study, in model order; the stage results by model."""
+    """Every plan's study, in model order; the stage results by model. Prints each model's κ table once its
+    stats stage is done."""
     from interp.study import run_study
 
     plans = _plans(args)
@@ -277,8 +286,23 @@ def _run(args: argparse.Namespace, command: str) -> dict[str, list[StageResult]]
 
         results[name] = run_study(plan, args.out / name, stages=stages, progress=_bar, command=command,
                                   on_stage=finished)
+        if (args.out / name / "behave" / "stats.json").is_file():
+            print(_kappa_table(name, plan, args.out / name), flush=True)
         _release_memory(args.device)
     return results
+
+
+def _kappa_table(name: str, plan: StudyPlan, out: Path) -> str:
+    """κ of the model with the matched and the own-backbone cascade, one row per forced-choice set."""
+    from interp.study import speech_kappas
+
+    kappas = speech_kappas(out, plan, systems=[MATCHED, OWN_BACKBONE])
+    lines = [f"{name}: κ with {MATCHED} (public LLM) and {OWN_BACKBONE} (own LLM)",
+             f"  {'set':24s}{MATCHED:>22s}{OWN_BACKBONE:>22s}"]
+    for set_name, by_system in kappas.items():
+        lines.append(f"  {set_name:24s}" + "".join(f"{'-':>22s}" if kappa is None else f"{kappa:22.3f}"
+                                                  for kappa in by_system.values()))
+    return "\n".join(lines)
 
 
 def _table(results: dict[str, list[StageResult]]) -> str:

@@ -66,7 +66,7 @@ def oracle():
 
 @pytest.fixture()
 def mixed_set(tmp_path: Path) -> SpokenSet:
-    """Two calibrated tasks with different choices (sentiment, yesno) and one uncalibrated (csqa)."""
+    """Three tasks with different choices (sentiment, yesno, csqa): calibration groups by task and choices."""
     records = sentiment_records(5)
     records += [_item(i, "yesno", "is a dog an animal ?", _YESNO, i % 2, 0.3) for i in range(4)]
     records += [_item(i, "csqa", "what did you hear ?", ("world", "sports", "business"), i % 3, 0.3) for i in range(3)]
@@ -87,31 +87,39 @@ def test_speech_scores_equal_manual_log_probability_sums(tmp_path: Path, ultravo
     assert [line["id"] for line in lines] == [item.id for item in mixed_set.items]
     for item, line in zip(mixed_set.items, lines):
         prompt = task_prompt(item.task).for_item(item)
+        after = ultravox.answer_context(prompt)
+        tail = ultravox.tokenizer(after.rstrip(), add_special_tokens=False)["input_ids"]
         batch = ultravox.prepare([mixed_set.load_audio(item)], [prompt])
+        batch_ids = batch.input_ids[:, :batch.input_ids.shape[1] - (len(ultravox.tokenizer(
+            after, add_special_tokens=False)["input_ids"]) - len(tail))]  # the prompt without trailing whitespace
         expected = []
         for choice in item.choices:
-            ids = ultravox.tokenizer(choice, add_special_tokens=False)["input_ids"]
+            whole = ultravox.tokenizer(after + choice, add_special_tokens=False)["input_ids"]  # chat: no delimiter
+            ids = whole[len(tail):]
             inputs = dict(batch.inputs)
-            inputs["input_ids"] = torch.cat([batch.input_ids, torch.tensor([ids])], dim=1)
+            inputs["input_ids"] = torch.cat([batch_ids, torch.tensor([ids])], dim=1)
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
             with torch.no_grad():
                 log_probs = torch.log_softmax(ultravox.model(**inputs).logits[0].double(), dim=-1)
-            start = batch.input_ids.shape[1]
+            start = batch_ids.shape[1]
             expected.append(sum(log_probs[start + k - 1, token].item() for k, token in enumerate(ids)))
         np.testing.assert_allclose(line["scores"], expected, rtol=0, atol=1e-4)
         assert line["n_choices"] == len(item.choices) and line["label"] == item.label and line["snr_db"] is None
 
 
 def test_text_scores_equal_manual_log_probability_sums(tmp_path: Path, oracle, mixed_set: SpokenSet) -> None:
-    """The oracle reads the gold transcript in the placeholder (the prompt as written: PlainPrompt)."""
-    lines = _lines(run_system(oracle, mixed_set, tmp_path / "run", system_name="oracle"))
+    """The oracle reads the gold transcript in the placeholder; few-shot prompts are written as they are and the
+    answer follows 'Answer:' after a space."""
+    lines = _lines(run_system(oracle, mixed_set, tmp_path / "run", system_name="oracle", prompt_style="few-shot"))
     model, tokenizer = oracle.llm.model, oracle.llm.tokenizer
     for item, line in zip(mixed_set.items, lines):
-        before, after = str(task_prompt(item.task).for_item(item)).split("<|audio|>")
+        before, after = str(task_prompt(item.task, "few-shot").for_item(item)).split("<|audio|>")
+        assert after.endswith("Answer:") or after.endswith("):")
         head = tokenizer(before + item.transcript + after, add_special_tokens=False)["input_ids"]
         expected = []
         for choice in item.choices:
-            ids = tokenizer(choice, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(before + item.transcript + after + " " + choice,
+                            add_special_tokens=False)["input_ids"][len(head):]
             with torch.no_grad():
                 logits = model(input_ids=torch.tensor([head + ids])).logits[0].double()
             log_probs = torch.log_softmax(logits, dim=-1)
@@ -147,21 +155,41 @@ def test_cascade_transcribes_in_batches_and_scores_its_transcript(tmp_path: Path
         assert line["latency_s"] > 0
 
 
-def test_batch_calibration_recomputed_from_raw_scores(tmp_path: Path, ultravox, mixed_set: SpokenSet) -> None:
+def test_predictions_are_uncalibrated_unless_asked(tmp_path: Path, ultravox, mixed_set: SpokenSet) -> None:
+    """By default each answer is the argmax of its own scores; --calibrate batch re-finalises the same lines
+    without running the system again, subtracting each choice's mean per task and choice set, and says so."""
     path = run_system(ultravox, mixed_set, tmp_path / "run", system_name="tiny-ultravox")
     lines = _lines(path)
-    for task, calibrated in (("sentiment", True), ("yesno", True), ("csqa", False)):
-        group = [line for line in lines if line["task"] == task]
+    for line in lines:
+        assert line["prediction"] == line["raw_prediction"] == int(np.argmax(line["scores"]))
+        assert line["calibration"] == "none"
+    assert json.loads(path.with_suffix(".json").read_text())["config"]["calibration"]["name"] == "none"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run re-finalised under another calibration must not score again")
+
+    scored = ultravox.score_choices
+    ultravox.score_choices = refuse
+    try:
+        path = run_system(ultravox, mixed_set, tmp_path / "run", system_name="tiny-ultravox", calibration="batch")
+    finally:
+        ultravox.score_choices = scored
+    calibrated = _lines(path)
+    changed = 0
+    for task in ("sentiment", "yesno", "csqa"):
+        group = [line for line in calibrated if line["task"] == task]
         scores = np.array([line["scores"] for line in group])
-        raw = scores.argmax(axis=1)
-        expected = (scores - scores.mean(axis=0, keepdims=True)).argmax(axis=1) if calibrated else raw
-        assert [line["raw_prediction"] for line in group] == raw.tolist()
+        expected = (scores - scores.mean(axis=0, keepdims=True)).argmax(axis=1)
+        assert [line["raw_prediction"] for line in group] == scores.argmax(axis=1).tolist()
         assert [line["prediction"] for line in group] == expected.tolist()
-        assert all(line["calibrated"] is calibrated for line in group)
+        assert all(line["calibration"] == "batch" for line in group)
         assert [line["correct"] for line in group] == [int(p) == line["label"] for p, line in zip(expected, group)]
+        changed += int((expected != scores.argmax(axis=1)).sum())
+    assert changed > 0  # the check could fail: calibration moved some answers on this set
     sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["config"]["calibration"]["name"] == "batch"
     assert sidecar["status"] == "done" and sidecar["counts"]["items"] == len(lines)
-    assert sidecar["counts"]["correct"] == sum(line["correct"] for line in lines)
+    assert sidecar["counts"]["correct"] == sum(line["correct"] for line in calibrated)
     assert sidecar["config"]["prompts"]["sentiment"]["prompt"] == str(task_prompt("sentiment").prompt)
     assert sidecar["config"]["rules"]["forced_choice"] == "log-likelihood"
     assert "sum" in sidecar["config"]["rules"]["length_policy"] and sidecar["provenance"]["command"] == "interp behave"
@@ -293,7 +321,7 @@ def test_open_answers_transcripts_and_parsed_choices(tmp_path: Path) -> None:
     assert transcripts[0]["wer"] == 0.0 and transcripts[1]["wer"] == pytest.approx(1 / 5)
     assert [line["prediction"] for line in sarcasm] == [1, 0, -1]
     assert [line["correct"] for line in sarcasm] == [True, True, False]
-    assert all(line["calibrated"] is False for line in sarcasm)
+    assert all(line["calibration"] == "none" for line in sarcasm)
     sidecar = json.loads((tmp_path / "run" / "scripted" / "open.json").read_text())
     assert sidecar["counts"]["unparsed"] == 1 and sidecar["counts"]["wer"] == pytest.approx(1 / 11)
     assert sidecar["config"]["rules"]["forced_choice"] == "generate+parse"
@@ -352,6 +380,33 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: tuple[str, ...], mes
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "tiny-ultravox").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("behave", "--systems", "tiny-ultravox", "--data", "EMPTY_CHOICE", "--out", "RUN"), "choice is empty"),
+    (("behave", "--systems", "tiny-llama", "--data", "EMPTY_CHOICE", "--out", "RUN", "--prompts", "few-shot"),
+     "choice is empty"),
+    (("behave", "--systems", "tiny-ultravox", "--data", "SET", "--out", "RUN", "--prompts", "zero-shot"),
+     "unknown prompt style 'zero-shot'"),
+    (("behave", "--systems", "tiny-ultravox", "--data", "SET", "--out", "RUN", "--calibrate", "mean"),
+     "unknown calibration 'mean'"),
+    (("extract", "--model", "tiny-ultravox", "--data", "SET", "--out", "RUN", "--sites", "llm.layers.0",
+      "--prompt", "What is the sentiment?"), "exactly one <|audio|> placeholder"),
+])
+def test_unscorable_prompt_or_choice_is_one_line_and_writes_nothing(tmp_path: Path, args: tuple[str, ...],
+                                                                    message: str) -> None:
+    """A choice that tokenises to nothing, an unknown style or calibration, a prompt without its audio slot:
+    one line, exit 2, and no run or cache folder is created."""
+    spoken = make_set(tmp_path / "sent", sentiment_records(2))
+    records = sentiment_records(2)
+    records[0]["choices"] = ["negative", " "]
+    empty = make_set(tmp_path / "empty", records)
+    replace = {"SET": str(spoken.root), "EMPTY_CHOICE": str(empty.root), "RUN": str(tmp_path / "run")}
+    result = run_cli(*(replace.get(arg, arg) for arg in args))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 # --- interp stats on a hand-made run -----------------------------------------------------------------------------

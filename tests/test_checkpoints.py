@@ -25,8 +25,9 @@ from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_ch
 from interp.models import mini
 from interp.models.mini import load_model, load_tokenizer
 from interp.models.text_lm import TextLM
-from interp.models.tiny import (save_tiny_checkpoints, tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox,
-                                tiny_whisper)
+from interp.models.tiny import tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox, tiny_whisper
+from interp.models.tiny_releases import (ULTRAVOX_AUDIO_ID, ULTRAVOX_TEXT_ID, add_tiny_speech_lora,
+                                         save_tiny_checkpoints)
 from interp.models.ultravox_lm import UltravoxSpeechLM
 from interp.models.weights import WeightsMissing
 
@@ -90,11 +91,12 @@ def test_a_base_qwen2_audio_gets_no_chat_template(tmp_path) -> None:
 
 
 def test_phi4mm_loads_back(tmp_path, audio) -> None:
+    """Without its speech LoRA (which tests/test_phi4mm_speech_lora.py covers) only when the spec says so."""
     tiny = tiny_phi4mm(seed=0)
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
     tiny.feature_extractor.save_pretrained(tmp_path)
-    assert torch.equal(logits(load(f"phi4mm:{tmp_path}"), audio[:1]), logits(tiny, audio[:1]))
+    assert torch.equal(logits(load(f"phi4mm:{tmp_path},speech_lora=off"), audio[:1]), logits(tiny, audio[:1]))
 
 
 # Ultravox, as fixie-ai releases it
@@ -207,20 +209,51 @@ def test_the_tiny_checkpoints_load_through_their_specs(tmp_path, ultravox, audio
     """scripts/reproduce_paper.py --dry-run rehearses on these folders: each loads through the spec a real run
     uses and computes what the tiny model in memory computes."""
     folders = save_tiny_checkpoints(tmp_path)
-    loaded = load(f"ultravox:{folders['ultravox']},audio={folders['whisper']},llm={folders['llama']}")
+    loaded = load(f"ultravox:{folders['ultravox']},audio={folders['ultravox-audio']},llm={folders['llama']}")
     assert torch.equal(logits(loaded, audio), expected)
     assert torch.equal(logits(load(f"qwen2-audio:{folders['qwen2-audio']}"), audio[:1]),
                        logits(tiny_qwen2_audio(seed=0), audio[:1]))
-    assert torch.equal(logits(load(f"phi4mm:{folders['phi4mm']}"), audio[:1]), logits(tiny_phi4mm(seed=0), audio[:1]))
+    phi4mm = tiny_phi4mm(seed=0)
+    add_tiny_speech_lora(phi4mm.model, seed=0)
+    assert torch.equal(logits(load(f"phi4mm:{folders['phi4mm']}"), audio[:1]), logits(phi4mm, audio[:1]))
     for asr in ("whisper", "whisper-weak"):
         assert isinstance(load(f"cascade:asr={folders[asr]},llm={folders['llama']}"), Cascade)
+
+
+def test_the_tiny_checkpoints_are_laid_out_as_the_releases(tmp_path) -> None:
+    """fixie-ai's config names its frozen parts by hub id and holds neither sub-config, the bases sit in folders
+    named by those ids; Qwen2-Audio's shards use the hub's (transformers 4.x) key names, not 5.x's module paths;
+    Phi-4-MM has its speech LoRA as a peft adapter."""
+    folders = save_tiny_checkpoints(tmp_path)
+    config = json.loads((Path(folders["ultravox"]) / "config.json").read_text())
+    assert not {"audio_config", "text_config"} & config.keys()
+    assert (config["audio_model_id"], config["text_model_id"]) == (ULTRAVOX_AUDIO_ID, ULTRAVOX_TEXT_ID)
+    assert (Path(folders["ultravox-audio"]), Path(folders["llama"])) == (tmp_path / ULTRAVOX_AUDIO_ID,
+                                                                         tmp_path / ULTRAVOX_TEXT_ID)
+    assert set(load_file(Path(folders["ultravox"]) / "model.safetensors")) == {
+        f"multi_modal_projector.{key}" for key in tiny_ultravox(seed=0).model.multi_modal_projector.state_dict()}
+    qwen2_audio = Path(folders["qwen2-audio"])
+    index = json.loads((qwen2_audio / "model.safetensors.index.json").read_text())["weight_map"]
+    assert not (qwen2_audio / "model.safetensors").exists() and len(set(index.values())) == 2
+    assert {key.split(".")[0] for key in index} == {"language_model", "audio_tower", "multi_modal_projector"}
+    assert "language_model.model.layers.0.self_attn.q_proj.weight" in index
+    assert "language_model.lm_head.weight" in index
+    module_paths = set(tiny_qwen2_audio(seed=0).model.state_dict())
+    assert "model.language_model.layers.0.self_attn.q_proj.weight" in module_paths
+    assert len(index) == len(module_paths) and not module_paths & index.keys()
+    lora = Path(folders["phi4mm"]) / "speech-lora"
+    adapter = json.loads((lora / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA"
+    keys = load_file(lora / "adapter_model.safetensors")
+    assert keys and all(key.startswith("base_model.model.model.layers.") for key in keys)
+    assert all(tensor.any() for tensor in keys.values())  # nonzero lora_B: the adapter does something
 
 
 def test_a_checkpoint_tokenizer_is_read_without_the_weights(tmp_path, monkeypatch) -> None:
     """What erasure's text concept loads for a checkpoint's cache: the tokenizer the loaded model has (an
     Ultravox release without one takes its LLM base's), while no weight file is opened."""
     folders = save_tiny_checkpoints(tmp_path)
-    specs = [f"ultravox:{folders['ultravox']},audio={folders['whisper']},llm={folders['llama']}",
+    specs = [f"ultravox:{folders['ultravox']},audio={folders['ultravox-audio']},llm={folders['llama']}",
              f"qwen2-audio:{folders['qwen2-audio']}", f"phi4mm:{folders['phi4mm']}"]
     text = "The quiet harbour opened early on Sunday."
     expected = [load(spec).tokenizer(text)["input_ids"] for spec in specs]

@@ -19,7 +19,7 @@ from interp.errors import InterpError
 from interp.lens import (TokenNormalizer, implicit_cascade_llm, lens_report, lens_text, logit_lens, parse_layers,
                          precision_figure, run_implicit_cascade, score_lens, strip_figure, token_score)
 from interp.models.mini import load_model
-from interp.task_prompts import calibrated_choice, task_prompt
+from interp.task_prompts import choose, task_prompt
 from tests.helpers import run_cli
 
 ADAPTERS = ["tiny-ultravox", "tiny-qwen2-audio", "tiny-phi4mm"]
@@ -211,19 +211,20 @@ def test_scores_report_and_figures(tiny_cache) -> None:
 # the implicit cascade
 
 
-def test_implicit_cascade_writes_calibrated_predictions(tiny_cache, spoken, tmp_path) -> None:
+def test_implicit_cascade_writes_predictions(tiny_cache, spoken, tmp_path) -> None:
     model = load_model("tiny-ultravox")
     result = logit_lens(tiny_cache, [2], model=model)
     normalizer = TokenNormalizer(model.tokenizer)
     llm = implicit_cascade_llm(model)
     assert llm.model is model.model.language_model
-    path = run_implicit_cascade(result, spoken, tmp_path / "run", layer=2, llm=llm, normalizer=normalizer)
+    path = run_implicit_cascade(result, spoken, tmp_path / "run", layer=2, llm=llm, normalizer=normalizer,
+                                calibration="batch")
     assert path == tmp_path / "run" / "implicit-cascade-L2" / f"{spoken.root.name}.jsonl"
     lines = read_predictions(path)
     assert [line["id"] for line in lines] == [item.id for item in spoken.items]
     scores = np.array([line["scores"] for line in lines])
-    assert [line["prediction"] for line in lines] == calibrated_choice(scores, calibrated=True).tolist()
-    assert all(line["calibrated"] for line in lines)
+    assert [line["prediction"] for line in lines] == choose(scores, calibration="batch").tolist()
+    assert all(line["calibration"] == "batch" for line in lines)
     for index, line in enumerate(lines):
         assert line["lens_text"] == lens_text(result.layers[2].top1[result.item_rows(index)], normalizer)
         assert line["correct"] == (line["prediction"] == spoken.items[index].label)

@@ -68,7 +68,7 @@ def test_mini_ultravox_hears_through_whisper_base_and_smollm2(speech) -> None:
 @pytest.mark.slow
 def test_mini_ultravox_carries_the_trained_projector_and_repeats_what_it_hears(speech) -> None:
     """By default mini-ultravox loads the shipped projector (≤ 20 MB, every key, strict). That projector is weak
-    on sentences unlike its training data (docs/mini-ultravox/MODEL_CARD.md), but it carries the audio: on a
+    on sentences unlike its training data (docs/mini-ultravox.md), but it carries the audio: on a
     sentence it never trained on it gets part of the words, where a random projector gets none."""
     from safetensors.torch import load_file
 

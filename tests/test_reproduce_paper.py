@@ -3,6 +3,7 @@ from checkpoint folders, as a real run would; without a model it refuses in one 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,20 @@ def test_dry_run_runs_every_stage_for_every_model(tmp_path, capsys) -> None:
             assert f"{model:12s} {stage:10s} done" in printed
     assert "implicit-cascade" in (out / "ultravox" / "behave" / "stats.json").read_text()
     assert sorted(p.name for p in (out / "ultravox" / "behave").iterdir() if p.is_dir()) == [
-        "cascade-s", "cascade-w", "implicit-cascade-L2", "matched-cascade", "ultravox-ultravox"]
+        "cascade-s", "cascade-w", "implicit-cascade-L2", "matched-cascade", "own-backbone-cascade",
+        "ultravox-ultravox"]
+    # Phi-4-MM answered with its speech LoRA on, and its predictions record it.
+    assert '"speech_lora": "on"' in (out / "phi4mm" / "behave" / "phi4mm-phi4mm" / "sst2.json").read_text()
+    # κ of each model with both cascades, as printed, is the stats stage's for that pair (which tests/test_stats.py
+    # checks against sklearn; the tiny models' constant answers leave sklearn's own κ undefined here).
+    for model, speech in (("qwen2-audio", "qwen2-audio-qwen2-audio"), ("ultravox", "ultravox-ultravox"),
+                          ("phi4mm", "phi4mm-phi4mm")):
+        table = printed[printed.index(f"{model}: κ with matched-cascade"):].splitlines()
+        row = next(line for line in table if line.split()[:1] == ["sst2"])
+        pairs = json.loads((out / model / "behave" / "stats.json").read_text())["sets"]["sst2"]["kappa"]
+        expected = [next(pair["value"] for pair in pairs if {pair["a"], pair["b"]} == {speech, cascade})
+                    for cascade in ("matched-cascade", "own-backbone-cascade")]
+        assert [float(value) for value in row.split()[1:]] == pytest.approx(expected, abs=5e-4)
 
 
 def test_without_a_model_it_refuses_in_one_line(tmp_path) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -146,6 +149,97 @@ def test_protocol_routes_and_errors(served) -> None:
     assert _post(f"{url}/nothing", ok)[0] == 404
 
 
+def _ok_body(model: str = "fingerprint") -> dict:
+    audio_part = {"type": "input_audio", "input_audio": {"data": wav_base64(_audio()), "format": "wav"}}
+    return {"model": model, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi "}, audio_part]}],
+            "max_completion_tokens": 5}
+
+
+def _raw_request(url: str, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to the server and read until it closes the connection (a bounded wait)."""
+    port = int(url.split(":")[-1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status_and_payload(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+_HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(("length_header", "status", "message"), [
+    (b"Content-Length: abc\r\n", 400, "Content-Length must be a non-negative whole number of bytes, got 'abc'"),
+    (b"Content-Length: -1\r\n", 400, "got '-1'"),
+    (b"Content-Length: 1_0\r\n", 400, "got '1_0'"),
+    (b"", 411, "send a Content-Length header"),
+    (b"Content-Length: 67108865\r\n", 413, "request body over 67108864 bytes"),
+])
+def test_a_content_length_that_cannot_be_trusted_is_answered_and_the_server_keeps_serving(
+        served, caplog, length_header: bytes, status: int, message: str) -> None:
+    """A bad Content-Length gets a JSON error in the server's format and a closed connection (no hang, no
+    traceback in the log), and the next request is answered as before."""
+    url = served(Fingerprint(), read_timeout=0.5)
+    with caplog.at_level(logging.INFO, logger="interp.serve"):
+        response = _raw_request(url, _HEAD + length_header + b"\r\n")
+    code, payload = _status_and_payload(response)
+    assert code == status and message in payload["error"]["message"], payload
+    assert payload["error"]["type"] == "invalid_request_error" and b"Connection: close" in response
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert _post(f"{url}/chat/completions", _ok_body())[0] == 200
+
+
+def test_a_client_that_stops_sending_its_body_gets_408_and_frees_its_thread(served) -> None:
+    """A body that stops arriving is answered 408 after read_timeout; meanwhile, and after, others are served."""
+    url = served(Fingerprint(), read_timeout=0.5)
+    port = int(url.split(":")[-1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as stalled:
+        stalled.sendall(_HEAD + b"Content-Length: 100\r\n\r\n{\"model\": ")
+        assert _post(f"{url}/chat/completions", _ok_body())[0] == 200  # served while the other one waits
+        start = time.monotonic()
+        chunks = []
+        while chunk := stalled.recv(65536):
+            chunks.append(chunk)
+        waited = time.monotonic() - start
+    code, payload = _status_and_payload(b"".join(chunks))
+    assert code == 408 and "stopped arriving for 0.5 s" in payload["error"]["message"]
+    assert waited < 3.0
+    assert _post(f"{url}/chat/completions", _ok_body())[0] == 200
+
+
+def test_a_client_that_closes_mid_body_is_let_go_and_the_server_keeps_serving(served, caplog) -> None:
+    """A body cut short by the client closing its side gets no reply (nobody reads it) and no traceback."""
+    url = served(Fingerprint(), read_timeout=0.5)
+    port = int(url.split(":")[-1].split("/")[0])
+    with caplog.at_level(logging.INFO, logger="interp.serve"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
+            sock.sendall(_HEAD + b"Content-Length: 100\r\n\r\n{\"model\": ")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(65536) == b""
+        time.sleep(0.2)  # the server logs after it closes
+    assert any("10 bytes into a 100-byte body" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert _post(f"{url}/chat/completions", _ok_body())[0] == 200
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"],
+                         ids=["nothing", "half-the-headers"])
+def test_a_client_silent_before_its_body_is_dropped_after_the_read_timeout(served, sent: bytes) -> None:
+    """Silent before the request is complete (no status line can be trusted yet): the connection is closed after
+    read_timeout without a reply, and the server keeps serving."""
+    url = served(Fingerprint(), read_timeout=0.5)
+    start = time.monotonic()
+    assert _raw_request(url, sent) == b""
+    assert time.monotonic() - start < 3.0
+    assert _post(f"{url}/chat/completions", _ok_body())[0] == 200
+
+
 def test_api_key_is_sent_and_never_written(served, tmp_path: Path, monkeypatch) -> None:
     url = served(Answering(), api_key=_SECRET)
     spoken = make_set(tmp_path / "sent", sentiment_records(6))
@@ -166,7 +260,7 @@ def test_api_key_is_sent_and_never_written(served, tmp_path: Path, monkeypatch) 
              .splitlines()]
     sizes = [spoken.load_audio(item).size for item in spoken.items]
     assert [line["prediction"] for line in lines] == [1 if size > 6600 else 0 for size in sizes]
-    assert all(line["scores"] is None and line["calibrated"] is False for line in lines)
+    assert all(line["scores"] is None and line["calibration"] == "none" for line in lines)
     sidecar = json.loads((tmp_path / "run" / "endpoint-answering" / "sent.json").read_text())
     assert sidecar["config"]["system"]["endpoint"]["api_key_env"] == "INTERP_TEST_KEY"
     assert sidecar["config"]["rules"]["forced_choice"] == "generate+parse"

@@ -71,9 +71,12 @@ def test_choice_scores_equal_manual_log_softmax_sum(case, audio) -> None:
     model, _ = case
     choices = ["positive", "negative", "not sure at all"]
     scores = model.score_choices(audio[0], PROMPT, choices)
-    for choice, score in zip(choices, scores):
-        ids = model.tokenizer(choice, add_special_tokens=False)["input_ids"]
-        batch = model._encode([audio[0]], [PROMPT], [ids])
+    _, continuations = model.scoring_batch(audio[0], PROMPT, choices)
+    before, after = model._parts(PROMPT)
+    for choice, score, ids in zip(choices, scores, continuations):
+        whole = model.tokenizer(after + choice, add_special_tokens=False)["input_ids"]  # chat: no delimiter
+        assert whole[-len(ids):] == ids  # the answer's tokens as the text after the audio + answer has them
+        batch = model._encode([audio[0]], [(before, after.rstrip())], [ids])
         log_probs = torch.log_softmax(model.logits(batch)[0].double(), dim=-1)
         end = batch.input_ids.shape[1]
         manual = sum(float(log_probs[t - 1, batch.input_ids[0, t]]) for t in range(end - len(ids), end))

@@ -27,11 +27,14 @@ def test_text_fills_the_placeholder_inside_the_chat_template(llm) -> None:
 
 @pytest.mark.parametrize("choices", [["positive", "negative"], ["Sci/Tech", "World", "not sure at all"]])
 def test_choice_scores_equal_manual_log_softmax_sum(llm, choices) -> None:
-    """One forward per choice by hand vs the prompt's KV cache shared by choices of unequal token lengths."""
+    """One forward per choice over the whole answer text by hand vs the prompt's KV cache shared by choices
+    of unequal token lengths: the scored tokens are the whole text's after the prompt's."""
     scores = llm.score_choices("i loved it", PROMPT, choices)
-    head = llm.prompt_ids("i loved it", PROMPT)
+    context = llm.render(PROMPT, "i loved it").rstrip()  # the chat template's trailing newline joins the answer
+    head = llm.tokenizer(context, add_special_tokens=False)["input_ids"]
     for choice, score in zip(choices, scores):
-        ids = head + llm.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        ids = llm.tokenizer(context + "\n" + choice, add_special_tokens=False)["input_ids"]
+        assert ids[:len(head)] == head
         with torch.no_grad():
             log_probs = torch.log_softmax(llm.model(torch.tensor([ids])).logits[0].double(), dim=-1)
         manual = sum(float(log_probs[t - 1, ids[t]]) for t in range(len(head), len(ids)))
@@ -40,9 +43,9 @@ def test_choice_scores_equal_manual_log_softmax_sum(llm, choices) -> None:
 
 
 def test_plain_prompt_skips_the_chat_template(llm) -> None:
-    prompt = PlainPrompt("Review: great fun.\nAnswer: positive\n\nReview: <|audio|>\nAnswer: ")
+    prompt = PlainPrompt("Review: great fun.\nAnswer: positive\n\nReview: <|audio|>\nAnswer:")
     assert llm.tokenizer.decode(llm.prompt_ids("dull", prompt)) == (
-        "Review: great fun.\nAnswer: positive\n\nReview: dull\nAnswer: ")
+        "Review: great fun.\nAnswer: positive\n\nReview: dull\nAnswer:")
 
 
 def test_layer_sites_equal_output_hidden_states(llm) -> None:

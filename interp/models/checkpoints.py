@@ -11,13 +11,22 @@ encoder with its LoRA merged) and name the frozen parts in `audio_model_id` / `t
 fixie-ai's `UltravoxModel`, those parts come from their base folders (the ids when they are local folders,
 or `audio=PATH` / `llm=PATH` in the spec) and the checkpoint's own keys are written over them; a part
 without a base folder must be in the checkpoint entirely.
+
+Phi-4-multimodal-instruct answers audio through its speech LoRA (the release's `speech-lora/` peft adapter,
+which its own code switches on for audio input), so `phi4mm:PATH` loads it and keeps it on; a folder without
+it is refused unless the spec says `phi4mm:PATH,speech_lora=off`.
+
+An own-backbone cascade, `cascade:asr=PATH,llm=self,speech=SPEC`, reads the transcript with the speech LLM's
+own language model (interp.models.own_backbone): the speech model SPEC names is taken from `loaded` when it is
+there, so both share one copy of the weights. `speech=` comes last: everything after it is SPEC, commas too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,6 +55,7 @@ from transformers import (
 
 from interp.errors import InterpError
 from interp.models.cascade import Cascade
+from interp.models.own_backbone import own_text_lm
 from interp.models.phi4mm import Phi4MMSpeechLM
 from interp.models.qwen2_audio import Qwen2AudioSpeechLM
 from interp.models.text_lm import TextLM
@@ -65,8 +75,8 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.b
 CHECKPOINT_SPECS = {
     "qwen2-audio": "qwen2-audio:PATH",
     "ultravox": "ultravox:PATH[,audio=PATH][,llm=PATH]",
-    "phi4mm": "phi4mm:PATH",
-    "cascade": "cascade:asr=PATH,llm=PATH",
+    "phi4mm": "phi4mm:PATH[,speech_lora=off]",
+    "cascade": "cascade:asr=PATH,llm=PATH | cascade:asr=PATH,llm=self,speech=SPEC",
 }
 """The model spec of each checkpoint kind, as `--model` takes it."""
 
@@ -120,11 +130,12 @@ class LoadOptions:
         return self.device_map or self.device
 
 
-def load_checkpoint(spec: str, *, options: LoadOptions) -> object:
+def load_checkpoint(spec: str, *, options: LoadOptions, loaded: Mapping[str, object] | None = None) -> object:
     """The system a checkpoint spec names (see CHECKPOINT_SPECS), named by the spec itself.
 
-    Raises InterpError for an unknown kind or a malformed spec, WeightsMissing for a path that is not a
-    checkpoint folder or a checkpoint whose keys do not fit its model.
+    loaded: systems already loaded, by spec; an own-backbone cascade takes its speech model from here rather
+    than loading a second copy of its weights. Raises InterpError for an unknown kind or a malformed spec,
+    WeightsMissing for a path that is not a checkpoint folder or a checkpoint whose keys do not fit its model.
     """
     kind, colon, rest = spec.partition(":")
     if not colon or kind not in _LOADERS:
@@ -133,6 +144,8 @@ def load_checkpoint(spec: str, *, options: LoadOptions) -> object:
     if not rest.strip():
         raise InterpError(f"{spec!r} names no path; write {CHECKPOINT_SPECS[kind]}")
     options.torch_device()
+    if kind == "cascade":
+        return _load_cascade(spec, rest, options, loaded or {})
     return _LOADERS[kind](spec, rest, options)
 
 
@@ -146,7 +159,7 @@ def load_checkpoint_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     if kind == "qwen2-audio" and rest.strip():
         return _tokenizer(_checkpoint(_path(rest), "Qwen2-Audio"))
     if kind == "phi4mm" and rest.strip():
-        return _tokenizer(_checkpoint(_path(rest), "Phi-4-multimodal"))
+        return _tokenizer(_checkpoint(_path(_phi4mm_fields(spec, rest)[0]), "Phi-4-multimodal"))
     if kind == "ultravox":
         head, fields = _fields(spec, rest, allowed=(_AUDIO.option, _TEXT.option))
         if head is not None:
@@ -301,19 +314,71 @@ def _load_qwen2_audio(spec: str, rest: str, options: LoadOptions) -> Qwen2AudioS
     return Qwen2AudioSpeechLM(model, processor, name=spec)
 
 
+_SPEECH_LORA = "speech-lora"
+"""The release's subfolder holding the speech LoRA (peft: adapter_config.json + adapter_model.safetensors)."""
+_SPEECH_ADAPTER = "speech"
+"""The adapter's name in the model, as in transformers' Phi-4-multimodal docs."""
+_SPEECH_LORA_OPTIONS = {"speech_lora=on": True, "speech_lora=off": False}
+
+
+def _phi4mm_fields(spec: str, rest: str) -> tuple[str, bool]:
+    """(folder, whether to load the speech LoRA) of a `PATH[,speech_lora=off]` tail."""
+    head, *entries = (entry.strip() for entry in rest.split(","))
+    speech_lora = True
+    for entry in entries:
+        if entry.replace(" ", "") not in _SPEECH_LORA_OPTIONS:
+            raise InterpError(f"cannot read {entry!r} in {spec!r}: expected {CHECKPOINT_SPECS['phi4mm']}")
+        speech_lora = _SPEECH_LORA_OPTIONS[entry.replace(" ", "")]
+    return head, speech_lora
+
+
+def _load_speech_lora(model: PreTrainedModel, folder: Path) -> None:
+    """Put the release's speech LoRA into `model` and leave it on, as Phi-4-multimodal-instruct does for audio.
+
+    This is transformers' documented `load_adapter(path, adapter_name="speech", adapter_kwargs={"subfolder":
+    "speech-lora"})`. Its `set_adapter("speech")` is not called: transformers 5.25 asks peft >= 0.22 for it,
+    and the one adapter loaded is already the active one. A LoRA target without weights in the file is allowed
+    only where it adds nothing (peft starts lora_B at zero); any other key that does not fit is refused.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    info = model.load_adapter(str(folder), adapter_name=_SPEECH_ADAPTER,
+                              adapter_kwargs={"subfolder": _SPEECH_LORA, "local_files_only": True}).to_dict()
+    info["missing_keys"] = {key for key in info["missing_keys"] if not _adds_nothing(model, key)}
+    _check_loading(info, str(folder / _SPEECH_LORA))
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    assert layers and all(layer.active_adapters == [_SPEECH_ADAPTER] and not layer.disable_adapters
+                          for layer in layers), "the speech LoRA loaded but is not the active adapter"
+
+
+def _adds_nothing(model: PreTrainedModel, key: str) -> bool:
+    """Whether the LoRA module holding the missing weight `key` is a no-op (every lora_B weight zero)."""
+    module = model.get_submodule(key.split(".lora_")[0])
+    return not any(parameter.any() for name, parameter in module.named_parameters() if "lora_B" in name
+                   or "lora_embedding_B" in name)
+
+
 def _load_phi4mm(spec: str, rest: str, options: LoadOptions) -> Phi4MMSpeechLM:
-    folder = _checkpoint(_path(rest), "Phi-4-multimodal")
+    head, speech_lora = _phi4mm_fields(spec, rest)
+    folder = _checkpoint(_path(head), "Phi-4-multimodal")
     _expect_model_type(folder, "phi4_multimodal",
                        what="a native transformers Phi4MultimodalForCausalLM checkpoint (convert a remote-code "
                             "'phi4mm' one with transformers' convert_phi4_multimodal_weights_to_hf.py)")
+    if speech_lora and not (folder / _SPEECH_LORA / "adapter_config.json").is_file():
+        raise WeightsMissing(f"{folder} has no {_SPEECH_LORA}/adapter_config.json: Phi-4-multimodal-instruct hears "
+                             f"audio through that speech LoRA; copy the release's {_SPEECH_LORA}/ folder there, or "
+                             f"write phi4mm:{folder},speech_lora=off to study the model without it")
     tokenizer = _tokenizer(folder)
     if getattr(tokenizer, "audio_token", None) is None:
         raise InterpError(f"{folder}: the tokenizer names no audio_token, as a native Phi-4-multimodal tokenizer "
                           "does (extra_special_tokens in tokenizer_config.json)")
     model = _pretrained(Phi4MultimodalForCausalLM, folder, options)
+    if speech_lora:
+        _load_speech_lora(model, folder)
     # The full processor would need Pillow/torchvision for an image processor that audio never uses.
     feature_extractor = Phi4MultimodalFeatureExtractor.from_pretrained(folder, local_files_only=True)
-    return Phi4MMSpeechLM(model, tokenizer, feature_extractor, name=spec)
+    return Phi4MMSpeechLM(model, tokenizer, feature_extractor, name=spec,
+                          weights={"speech_lora": "on" if speech_lora else "off"})
 
 
 def _text_lm(folder: Path, options: LoadOptions) -> TextLM:
@@ -321,16 +386,34 @@ def _text_lm(folder: Path, options: LoadOptions) -> TextLM:
     return TextLM(model, _tokenizer(folder), name=folder.name)
 
 
-def _load_cascade(spec: str, rest: str, options: LoadOptions) -> Cascade:
-    head, fields = _fields(spec, rest, allowed=("asr", "llm"))
+_OWN_LLM = "self"
+"""`llm=self`: the cascade's LLM is the language model of the speech LLM that `speech=` names."""
+_SPEECH_KINDS = ("qwen2-audio", "ultravox", "phi4mm")
+
+
+def _load_cascade(spec: str, rest: str, options: LoadOptions, loaded: Mapping[str, object]) -> Cascade:
+    parts, *after = re.split(r"(?:^|,)\s*speech=", rest, maxsplit=1)
+    speech_spec = after[0].strip() if after else ""
+    head, fields = _fields(spec, parts, allowed=("asr", "llm"))
     if head is not None or set(fields) != {"asr", "llm"}:
         raise InterpError(f"{spec!r} must name both parts: {CHECKPOINT_SPECS['cascade']}")
+    is_own = str(fields["llm"]) == _OWN_LLM
+    if is_own != bool(speech_spec) or (is_own and speech_spec.partition(":")[0] not in _SPEECH_KINDS):
+        raise InterpError(f"{spec!r}: llm=self goes with speech=SPEC last, SPEC one of "
+                          f"{', '.join(CHECKPOINT_SPECS[kind] for kind in _SPEECH_KINDS)} (write ./self for a "
+                          "folder called self)")
     asr_folder = _checkpoint(fields["asr"], "Whisper")
     _expect_model_type(asr_folder, "whisper", what="a WhisperForConditionalGeneration checkpoint as asr=")
     whisper = _pretrained(WhisperForConditionalGeneration, asr_folder, options)
     asr = WhisperCheckpointASR(whisper, WhisperProcessor.from_pretrained(asr_folder, local_files_only=True),
                                name=f"whisper:{asr_folder.name}", source=str(asr_folder))
-    return Cascade(asr, _text_lm(_checkpoint(fields["llm"], "causal LM"), options), name=spec)
+    if not is_own:
+        return Cascade(asr, _text_lm(_checkpoint(fields["llm"], "causal LM"), options), name=spec)
+    speech = loaded.get(speech_spec)
+    if speech is None:
+        _log.info("%s: loading %s for its language model", spec, speech_spec)
+        speech = load_checkpoint(speech_spec, options=options)
+    return Cascade(asr, own_text_lm(speech), name=spec)
 
 
 # Ultravox

@@ -15,7 +15,15 @@ from torch import Tensor
 
 from interp.data.audio import SAMPLE_RATE
 from interp.models.base import SpeechBatch
-from interp.models.prompting import choice_token_ids
+from interp.errors import InterpError
+from interp.models.prompting import (
+    PlainPrompt,
+    ScoringError,
+    chat_text,
+    choice_delimiter,
+    continuation_ids,
+    split_prompt,
+)
 
 __all__ = ["EncodedSpeechLM", "right_pad", "audio_spans", "durations", "on_device", "score_after_prompt"]
 
@@ -84,16 +92,55 @@ def score_after_prompt(language_model: torch.nn.Module, prompt_out: object, prom
 
 
 class EncodedSpeechLM(ABC):
-    """Base of the speech adapters: `prepare` and `score_choices` from one `_encode`."""
+    """Base of the speech adapters: `prepare`, `render` and `score_choices` from one `_encode`.
+
+    A prompt is rendered once into (text before, text after) the audio, as the model's release renders it;
+    `_encode` puts the audio's positions between the two. `audio_markup` is what the release writes where the
+    audio goes before its processor expands it (Ultravox: `<|audio|>`; Qwen2-Audio: its audio_bos/AUDIO/eos).
+    """
 
     tokenizer: object
     model: torch.nn.Module
     pad_id: int
+    audio_markup: str
+    name: str
+    _typed_content = False
+    """True where the release's processor gives the template the user's content as typed parts (text, audio,
+    text), and the template writes the audio's markup itself (Qwen2-Audio-Instruct, Phi-4-MM)."""
+
+    def _parts(self, prompt: str) -> tuple[str, str]:
+        """(text before, text after) the audio: the prompt through the chat template (a PlainPrompt as written)."""
+        if not self._typed_content or isinstance(prompt, PlainPrompt) or not getattr(self.tokenizer,
+                                                                                       "chat_template", None):
+            return split_prompt(chat_text(self.tokenizer, prompt))
+        return self._typed_parts(prompt)
+
+    def _typed_parts(self, prompt: str) -> tuple[str, str]:
+        """The release's rendering of typed content: the text around the slot, whitespace dropped, becomes text
+        parts beside one audio part, and the template writes the markup (Qwen2-Audio: `Audio 1: <|audio_bos|>
+        <|AUDIO|><|audio_eos|>\n`; Phi-4-MM: `<|audio|>`); the rendered text is split at the markup."""
+        before, after = split_prompt(prompt)
+        content = [{"type": "text", "text": before.strip()}] if before.strip() else []
+        content.append({"type": "audio", "audio_url": "audio"})  # templates test the type or that the key exists
+        if after.strip():
+            content.append({"type": "text", "text": after.strip()})
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                  add_generation_prompt=True)
+        if text.count(self.audio_markup) != 1:
+            raise InterpError(f"{self.name}'s chat template does not write {self.audio_markup} once for an audio "
+                              "part (is it the release's own template?)")
+        head, tail = text.split(self.audio_markup)
+        return head, tail
+
+    def render(self, prompt: str) -> str:
+        """The exact text the model reads, with `audio_markup` where its audio goes."""
+        before, after = self._parts(prompt)
+        return before + self.audio_markup + after
 
     @abstractmethod
-    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+    def _encode(self, audio: Sequence[np.ndarray], parts: Sequence[tuple[str, str]],
                 suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
-        """Right-padded batch of prompts with their audio, each followed by its suffix token ids."""
+        """Right-padded batch of (text before, audio, text after), each followed by its suffix token ids."""
 
     @torch.no_grad()
     def logits(self, batch: SpeechBatch) -> Tensor:
@@ -101,14 +148,29 @@ class EncodedSpeechLM(ABC):
         return self.model(**on_device(batch.inputs, self.model)).logits.float()
 
     def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
-        return self._encode(audio, prompts, [[] for _ in prompts])
+        return self._encode(audio, [self._parts(prompt) for prompt in prompts], [[] for _ in prompts])
+
+    def answer_context(self, prompt: str) -> str:
+        """The text between the audio and the answer: the context of the continuation split."""
+        return self._parts(prompt)[1]
+
+    def scoring_batch(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> tuple[
+            SpeechBatch, list[list[int]]]:
+        """(the batch of the prompt up to the answer, each choice's continuation ids): the text after the audio
+        is the context of lm-evaluation-harness's continuation split (interp.models.prompting)."""
+        before, after = self._parts(prompt)
+        tail, ids = continuation_ids(self.tokenizer, after, choices, delimiter=choice_delimiter(prompt))
+        batch = self._encode([audio], [(before, after.rstrip())], [[]])
+        if tail and batch.input_ids[0, -len(tail):].tolist() != tail:
+            raise ScoringError(f"{type(self).__name__} tokenised the text after the audio ({after.rstrip()!r}) "
+                               "otherwise than alone, so the answer's tokens cannot be placed after it")
+        return batch, ids
 
     @torch.no_grad()
     def score_choices(self, audio: np.ndarray, prompt: str, choices: Sequence[str]) -> np.ndarray:
-        """(choices,) float64: summed log-probability of each choice's tokens after the prompt. The audio and
-        the prompt run once; the choices continue from the prompt's KV cache (see score_after_prompt)."""
-        ids = choice_token_ids(self.tokenizer, choices)
-        batch = self.prepare([audio], [prompt])
+        """(choices,) float64: summed log-probability of each choice as a continuation of the prompt. The audio
+        and the prompt run once; the choices continue from the prompt's KV cache (see score_after_prompt)."""
+        batch, ids = self.scoring_batch(audio, prompt, choices)
         prompt_out = self.model(**on_device(batch.inputs, self.model), use_cache=True)
         return score_after_prompt(self._text_model, prompt_out, batch.input_ids.shape[1], ids,
                                   pad_id=self.pad_id).numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import find_spec
@@ -113,8 +113,8 @@ def _gemma() -> TextLM:
 
 
 MINI_ULTRAVOX_PROJECTOR = "mini_ultravox_projector.safetensors"
-"""The trained projector shipped in interp.resources (scripts/train_projector.py made it; its card:
-docs/mini-ultravox/MODEL_CARD.md)."""
+"""The trained projector shipped in interp.resources (experiments/mini_ultravox/train_projector.py made it; its card:
+docs/mini-ultravox.md)."""
 
 
 def weights_of(name: str, *, trained: bool = True) -> dict[str, str] | None:
@@ -133,7 +133,7 @@ def weights_of(name: str, *, trained: bool = True) -> dict[str, str] | None:
 
 def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
     """Whisper-base's encoder and SmolLM2 with the shipped, trained projector (`trained=False`: a seeded random
-    one, which is where scripts/train_projector.py starts)."""
+    one, which is where experiments/mini_ultravox/train_projector.py starts)."""
     from interp.models.whisper_ct2 import load_mini_whisper
 
     whisper, llm = load_mini_whisper("base"), _smollm2()
@@ -144,7 +144,8 @@ def build_mini_ultravox(*, trained: bool = True) -> UltravoxSpeechLM:
 def assemble_mini_ultravox(whisper_config, encoder_state: dict, llm: nn.Module, tokenizer, feature_extractor, *,
                            trained: bool = True) -> UltravoxSpeechLM:
     """mini-ultravox from its parts however they were read: the carrier packages (build_mini_ultravox), or a
-    folder of plain weight files on a machine without them (scripts/train_projector_stream.py --weights)."""
+    folder of plain weight files on a machine without them
+    (experiments/mini_ultravox/train_projector_stream.py --weights)."""
     from safetensors.torch import load_file
 
     from interp.resources import resource_path
@@ -188,12 +189,13 @@ def _move(system: object, device: torch.device) -> None:
                 pending.append(value)
 
 
-def load_model(name: str, *, options: LoadOptions | None = None) -> object:
+def load_model(name: str, *, options: LoadOptions | None = None, loaded: Mapping[str, object] | None = None) -> object:
     """The model called `name` (see MODEL_CARDS), or the checkpoint a `kind:PATH` spec names (see
     CHECKPOINT_SPECS). The named models only honour `options.device`: they are built in float32 on one device.
+    loaded: checkpoints already loaded, by spec, which an own-backbone cascade shares (see load_checkpoint).
     Raises InterpError listing the known names."""
     if ":" in name:
-        return load_checkpoint(name, options=options or LoadOptions())
+        return load_checkpoint(name, options=options or LoadOptions(), loaded=loaded)
     if name not in _BUILDERS:
         raise InterpError(f"unknown model {name!r}; known models: {', '.join(MODEL_CARDS)} "
                           f"(list them: interp models list), or a checkpoint: {', '.join(CHECKPOINT_SPECS.values())}")

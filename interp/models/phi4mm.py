@@ -16,7 +16,7 @@ from interp.data.audio import SAMPLE_RATE
 from interp.errors import InterpError
 from interp.models.base import Site, SpeechBatch, llm_sites
 from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
-from interp.models.prompting import chat_text, split_prompt
+from interp.models.prompting import with_bos
 
 __all__ = ["Phi4MMSpeechLM"]
 
@@ -34,7 +34,8 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
     """
 
     def __init__(self, model: Phi4MultimodalForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                 feature_extractor: Phi4MultimodalFeatureExtractor, *, name: str) -> None:
+                 feature_extractor: Phi4MultimodalFeatureExtractor, *, name: str,
+                 weights: dict[str, str] | None = None) -> None:
         self.audio_token = str(tokenizer.audio_token)
         self.audio_token_id = int(model.config.audio_config.audio_token_id)
         if tokenizer.convert_tokens_to_ids(self.audio_token) != self.audio_token_id:
@@ -46,6 +47,7 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
                               f"{feature_extractor.audio_compression_rate * feature_extractor.audio_downsample_rate} "
                               f"frames but the encoder emits one per {reduction}")
         self.model = model.eval()
+        self.weights = weights  # whether the speech LoRA is on (interp.models.base.describe_model records it)
         self.tokenizer = tokenizer
         self.feature_extractor = feature_extractor
         self.name = name
@@ -57,7 +59,13 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
         hop = self.feature_extractor.hop_length / self.feature_extractor.sampling_rate
         return hop * self.model.config.audio_config.time_reduction
 
-    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+    _typed_content = True
+
+    @property
+    def audio_markup(self) -> str:
+        return self.audio_token
+
+    def _encode(self, audio: Sequence[np.ndarray], parts: Sequence[tuple[str, str]],
                 suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
         """Batch with each prompt's placeholder expanded to its audio embedding count, plus optional suffix tokens."""
         clips = [np.asarray(a, dtype=np.float32) for a in audio]
@@ -66,11 +74,9 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
             raise InterpError(f"Phi-4-multimodal needs at least {window} samples of audio (one fbank window)")
         features = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
         sizes = features["audio_embed_sizes"].tolist()
-        texts = []
-        for prompt, size in zip(prompts, sizes):
-            before, after = split_prompt(chat_text(self.tokenizer, prompt))
-            texts.append(before + self.audio_token * size + after)
-        rows = [ids + list(suffix) for ids, suffix in zip(self.tokenizer(texts)["input_ids"], suffixes)]
+        texts = [before + self.audio_token * size + after for (before, after), size in zip(parts, sizes)]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = [with_bos(self.tokenizer, ids) + list(suffix) for ids, suffix in zip(encoded, suffixes)]
         input_ids, attention_mask = right_pad(rows, pad_id=self.pad_id)
         audio_mask = input_ids == self.audio_token_id
         audio_span = audio_spans(audio_mask, durations(clips), seconds_per_position=self._row_seconds)

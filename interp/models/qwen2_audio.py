@@ -16,7 +16,6 @@ from interp.data.audio import SAMPLE_RATE
 from interp.errors import InterpError
 from interp.models.base import Site, SpeechBatch, llm_sites
 from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
-from interp.models.prompting import chat_text, split_prompt
 
 __all__ = ["Qwen2AudioSpeechLM"]
 
@@ -49,7 +48,9 @@ class Qwen2AudioSpeechLM(EncodedSpeechLM):
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                           else self.tokenizer.eos_token_id)
 
-    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+    _typed_content = True
+
+    def _encode(self, audio: Sequence[np.ndarray], parts: Sequence[tuple[str, str]],
                 suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
         """Batch through the processor (which expands the audio token), plus optional suffix tokens."""
         clips = [np.asarray(a, dtype=np.float32) for a in audio]
@@ -57,10 +58,7 @@ class Qwen2AudioSpeechLM(EncodedSpeechLM):
         if any(len(clip) > limit for clip in clips):
             raise InterpError(f"Qwen2-Audio hears at most {limit / SAMPLE_RATE:g} s per clip; its processor would "
                               f"silently cut longer audio")
-        texts = []
-        for prompt in prompts:
-            before, after = split_prompt(chat_text(self.tokenizer, prompt))
-            texts.append(before + self.audio_markup + after)
+        texts = [before + self.audio_markup + after for before, after in parts]
         processed = self.processor(text=texts, audio=clips, sampling_rate=SAMPLE_RATE, padding=True,
                                    padding_side="right", return_tensors="pt")
         lengths = processed["attention_mask"].sum(-1).tolist()

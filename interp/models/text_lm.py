@@ -15,7 +15,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from interp.models.base import Site, llm_sites
 from interp.models.encoded import on_device, right_pad, score_after_prompt
-from interp.models.prompting import chat_text, choice_token_ids, split_prompt
+from interp.models.prompting import (
+    chat_text,
+    choice_delimiter,
+    continuation_ids,
+    encode_context,
+    split_prompt,
+    with_bos,
+)
 
 __all__ = ["TextLM"]
 
@@ -30,20 +37,27 @@ class TextLM:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
 
-    def prompt_ids(self, text: str, prompt: str) -> list[int]:
-        """Token ids of the full input (chat template, generation prompt) with `text` in the placeholder."""
+    def render(self, prompt: str, text: str) -> str:
+        """The exact text the LLM reads: the prompt through its chat template, `text` in the placeholder."""
         before, after = split_prompt(chat_text(self.tokenizer, prompt))
-        return self.tokenizer(before + text + after, add_special_tokens=False)["input_ids"]
+        return before + text + after
+
+    def prompt_ids(self, text: str, prompt: str) -> list[int]:
+        """Token ids of the full input (chat template, generation prompt, BOS as the tokenizer adds it) with
+        `text` in the placeholder."""
+        return encode_context(self.tokenizer, self.render(prompt, text))
 
     @torch.no_grad()
     def score_choices(self, text: str, prompt: str, choices: Sequence[str]) -> np.ndarray:
-        """(choices,) float64 summed log-probabilities of each choice after the filled prompt.
+        """(choices,) float64 summed log-probabilities of each choice as a continuation of the filled prompt
+        (interp.models.prompting: the tokens of prompt + " choice" after the prompt's own).
 
         The prompt runs once; its KV cache is repeated for the choices' remaining tokens, so a 2-way choice
         of one-token answers costs one forward pass, not two.
         """
-        head = self.prompt_ids(text, prompt)
-        ids = choice_token_ids(self.tokenizer, choices)
+        context, ids = continuation_ids(self.tokenizer, self.render(prompt, text), choices,
+                                        delimiter=choice_delimiter(prompt))
+        head = with_bos(self.tokenizer, context)
         prompt_out = self.model(**on_device({"input_ids": torch.tensor([head])}, self.model), use_cache=True)
         return score_after_prompt(self.model, prompt_out, len(head), ids, pad_id=self.pad_id).numpy()
 

@@ -10,9 +10,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
 from interp.data.audio import SAMPLE_RATE
-from interp.models.base import Site, SpeechBatch, llm_sites
+from interp.models.base import AUDIO_PLACEHOLDER, Site, SpeechBatch, llm_sites
 from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, on_device, right_pad
-from interp.models.prompting import chat_text, split_prompt
+from interp.models.prompting import encode_context
 from interp.models.ultravox import ENCODER_DOWNSAMPLING, UltravoxModel, audio_token_count
 
 __all__ = ["UltravoxSpeechLM"]
@@ -24,8 +24,11 @@ class UltravoxSpeechLM(EncodedSpeechLM):
     """An UltravoxModel with its tokenizer and feature extractor, as a SpeechLM.
 
     The placeholder token is the tokenizer's eos (as in fixie-ai's processor); audio positions are
-    found by start index and length, never by token id.
+    found by start index and length, never by token id. As in fixie-ai's processor, the literal `<|audio|>`
+    sits in the user's message inside the LLM's chat template (Llama-3.1's for the releases).
     """
+
+    audio_markup = AUDIO_PLACEHOLDER
 
     def __init__(self, model: UltravoxModel, tokenizer: PreTrainedTokenizerBase,
                  feature_extractor: WhisperFeatureExtractor, *, name: str,
@@ -42,7 +45,7 @@ class UltravoxSpeechLM(EncodedSpeechLM):
     def _stack_factor(self) -> int:
         return self.model.config.stack_factor
 
-    def _encode(self, audio: Sequence[np.ndarray], prompts: Sequence[str],
+    def _encode(self, audio: Sequence[np.ndarray], parts: Sequence[tuple[str, str]],
                 suffixes: Sequence[Sequence[int]]) -> SpeechBatch:
         """Batch with each prompt's placeholder replaced by its audio span, plus optional suffix tokens."""
         features = self.feature_extractor(
@@ -51,9 +54,8 @@ class UltravoxSpeechLM(EncodedSpeechLM):
             return_tensors="pt")
         audio_lens = features["attention_mask"].sum(-1)
         rows, starts, lengths = [], [], []
-        for prompt, mel_frames, suffix in zip(prompts, audio_lens.tolist(), suffixes):
-            before, after = split_prompt(chat_text(self.tokenizer, prompt))
-            head = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+        for (before, after), mel_frames, suffix in zip(parts, audio_lens.tolist(), suffixes):
+            head = encode_context(self.tokenizer, before)
             tail = self.tokenizer(after, add_special_tokens=False)["input_ids"]
             length = audio_token_count(mel_frames, stack_factor=self._stack_factor)
             rows.append(head + [self.placeholder_id] * length + tail + list(suffix))
