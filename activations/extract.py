@@ -26,7 +26,8 @@ from activations.hooks import StopForward, capture
 from activations.writer import CacheWriter
 from interp.data.manifest import MANIFEST, Item, SpokenSet
 from interp.errors import InterpError
-from interp.models.base import SpeechBatch, SpeechLM, expand_sites
+from interp.models.base import SpeechBatch, SpeechLM
+from interp.sites import expand_sites
 
 __all__ = ["ExtractionPlan", "plan_extraction", "extract", "dataset_identity", "set_items_of"]
 

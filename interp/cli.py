@@ -363,7 +363,7 @@ def probe_command(
 
     from activations import ActivationCache
     from interp.data.manifest import SpokenSet
-    from interp.models.base import expand_sites
+    from interp.sites import expand_sites
     from interp.provenance import provenance
     from probes import probe_figure, run_probes
 
@@ -542,13 +542,13 @@ def lens_command(
     transcript by layer (bootstrap CIs), per-item token strips, and optionally the implicit cascade."""
     from activations import ActivationCache
     from interp.data.manifest import SpokenSet
-    from interp.lens import (TokenNormalizer, cache_layers, implicit_cascade_llm, lens_report, logit_lens,
-                             parse_layers, run_implicit_cascade, score_lens, write_report)
+    from interp.lens import TokenNormalizer, implicit_cascade_llm, lens_report, logit_lens, run_implicit_cascade, score_lens, write_report
+    from interp.sites import llm_layers, parse_layers
     from interp.task_prompts import check_prompt_style
 
     style = check_prompt_style(prompts)
     opened = ActivationCache.open(cache)
-    chosen = parse_layers(layers, cache_layers(opened.sites))
+    chosen = parse_layers(layers, llm_layers(opened.sites))
     if top_k < 1:
         raise InterpError(f"--top-k must be at least 1, got {top_k}")
     if chunk_rows < 1:
@@ -559,8 +559,8 @@ def lens_command(
             raise InterpError("--implicit-cascade needs --run RUN (where its predictions go)")
         spoken = SpokenSet.open(implicit_cascade)
         layer = chosen[-1] if layer is None else layer
-        if layer not in cache_layers(opened.sites):
-            parse_layers(str(layer), cache_layers(opened.sites))  # raises, naming the cached layers
+        if layer not in llm_layers(opened.sites):
+            parse_layers(str(layer), llm_layers(opened.sites))  # raises, naming the cached layers
         chosen = sorted(set(chosen) | {layer})
     elif layer is not None or run is not None:
         raise InterpError("--layer and --run belong to --implicit-cascade SET")

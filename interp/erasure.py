@@ -97,7 +97,8 @@ from activations.extract import set_items_of
 from interp.data.audio import SAMPLE_RATE
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
-from interp.models.base import Site, SiteError, describe_sites, expand_sites
+from interp.models.base import Site
+from interp.sites import SiteError, describe_sites, expand_sites
 from probes.targets import CHARSET, bag_of_characters, energy_db, pitch_track
 
 __all__ = [

@@ -419,7 +419,7 @@ def run_sweep(plan: SweepPlan, model: Any = None) -> list[dict[str, Any]]:
 
     from interp.behavior import set_name as name_of
     from interp.data.manifest import SpokenSet
-    from interp.lens import cache_layers, describe_layers, parse_layers
+    from interp.sites import describe_layers, llm_layers, parse_layers
     from interp.models.mini import load_model
 
     if plan.threads:
@@ -434,7 +434,7 @@ def run_sweep(plan: SweepPlan, model: Any = None) -> list[dict[str, Any]]:
     _check_run_config(plan.out, config)
     started = time.perf_counter()
     model = model if model is not None else load_model(plan.model)
-    available = cache_layers(model.sites())
+    available = llm_layers(model.sites())
     plan.layer_map = {}
     for spec in plan.layer_sets:
         layers = parse_layers(spec, available, option="layer set", holder=plan.model)

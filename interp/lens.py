@@ -62,18 +62,18 @@ from torch import nn
 
 from activations.format import AUDIO, ItemMeta
 from interp.errors import InterpError
+from interp.sites import LLM_LAYER_PREFIX, describe_layers, llm_layers, parse_layers
 
 __all__ = [
-    "SITE_PREFIX", "DEFAULT_CHUNK_ROWS", "NORMALISATION_RULE", "PRECISION_RULE", "LENS_TEXT_RULE",
+    "DEFAULT_CHUNK_ROWS", "NORMALISATION_RULE", "PRECISION_RULE", "LENS_TEXT_RULE",
     "LayerLens", "LensResult", "TokenNormalizer", "TokenScore", "LayerScore", "LensScores",
-    "parse_layers", "describe_layers", "cache_layers", "lens_modules", "lens_rows", "logit_lens", "token_score", "score_lens",
+    "lens_modules", "lens_rows", "logit_lens", "token_score", "score_lens",
     "lens_text", "implicit_cascade_llm", "implicit_cascade_name", "run_implicit_cascade", "lens_report",
     "write_report", "precision_figure", "strip_figure",
 ]
 
 _log = logging.getLogger(__name__)
 
-SITE_PREFIX = "llm.layers."
 DEFAULT_CHUNK_ROWS = 2048
 _READ_ROWS = 32768  # rows read from the cache at a time (whole items); the lens then works in chunk_rows
 
@@ -98,60 +98,6 @@ _SPACES = re.compile(r"\s+")
 
 # ---------------------------------------------------------------------------------------------------------------
 # layers
-
-
-def cache_layers(sites: Iterable[str]) -> list[int]:
-    """The layer numbers of the `llm.layers.{i}` sites among `sites`, ascending."""
-    return sorted(int(s[len(SITE_PREFIX):]) for s in sites
-                  if s.startswith(SITE_PREFIX) and s[len(SITE_PREFIX):].isdigit())
-
-
-def describe_layers(layers: Sequence[int], sep: str = ",") -> str:
-    """Ascending layers as runs: [0..14, 20] → '0-14,20' (sep '_' gives a file-safe label)."""
-    if not layers:
-        return "none"
-    runs, start = [], layers[0]
-    for previous, current in zip(layers, [*layers[1:], None]):
-        if current is None or current != previous + 1:
-            runs.append(str(start) if start == previous else f"{start}-{previous}")
-            start = current
-    return sep.join(runs)
-
-
-def parse_layers(spec: str | None, available: Sequence[int], *, option: str = "--layers",
-                 holder: str = "this cache") -> list[int]:
-    """Layers chosen by `spec` among `available` (ascending, unique).
-
-    `all` / `*` / None: every available layer; otherwise comma-separated entries, each a layer `20`, an
-    inclusive range `20-29`, or a site name `llm.layers.20`. Raises InterpError for a malformed spec or a layer
-    `holder` does not hold (naming what it holds); `option` names the spec in the message.
-    """
-    available = sorted(available)
-    if not available:
-        raise InterpError(f"no {SITE_PREFIX}N site: the logit lens reads LLM layer outputs; extract them with "
-                          "--sites llm.layers.*")
-    if spec is None or spec.strip() in ("", "all", "*", f"{SITE_PREFIX}*"):
-        return list(available)
-    wanted: list[int] = []
-    for entry in (e.strip() for e in spec.split(",")):
-        if not entry:
-            continue
-        text = entry[len(SITE_PREFIX):] if entry.startswith(SITE_PREFIX) else entry
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
-        if match is None:
-            raise InterpError(f"{option} {spec!r}: cannot read {entry!r}; write layers like 20,25,29 or a range "
-                              f"20-29 or all ({holder} holds layers {describe_layers(available)})")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        if last < first:
-            raise InterpError(f"{option} {spec!r}: the range {entry!r} runs backwards")
-        wanted.extend(range(first, last + 1))
-    if not wanted:
-        raise InterpError(f"{option} {spec!r}: no layer given")
-    missing = sorted(set(wanted) - set(available))
-    if missing:
-        raise InterpError(f"{option} {spec!r}: layer(s) {describe_layers(missing)} are not in {holder}; it holds "
-                          f"layers {describe_layers(available)}")
-    return sorted(set(wanted))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,7 +159,7 @@ class LayerLens:
 
     @property
     def site(self) -> str:
-        return f"{SITE_PREFIX}{self.layer}"
+        return f"{LLM_LAYER_PREFIX}{self.layer}"
 
     @property
     def top1(self) -> np.ndarray:
@@ -270,7 +216,7 @@ def logit_lens(cache: Any, layers: Sequence[int] | str | None = None, *, model: 
         cache = ActivationCache.open(cache)
     if layers is not None and not isinstance(layers, str):
         layers = ",".join(str(int(layer)) for layer in layers)
-    chosen = parse_layers(layers, cache_layers(cache.sites))
+    chosen = parse_layers(layers, llm_layers(cache.sites))
     if model is None:
         from interp.models.mini import load_model
 
@@ -278,7 +224,7 @@ def logit_lens(cache: Any, layers: Sequence[int] | str | None = None, *, model: 
     final_norm, unembed = lens_modules(model)
     width = _unembed_width(unembed)
     for layer in chosen:
-        site = f"{SITE_PREFIX}{layer}"
+        site = f"{LLM_LAYER_PREFIX}{layer}"
         if cache.dims[site] != width:
             raise InterpError(f"{cache.path}: {site} rows are {cache.dims[site]} wide but {_model_name(model)}'s "
                               f"unembedding reads {width}; the cache was made with {cache.model!r}: pass that model")
@@ -296,7 +242,7 @@ def logit_lens(cache: Any, layers: Sequence[int] | str | None = None, *, model: 
                         pos=table["pos"][audio], t_start=table["t_start"][audio], t_end=table["t_end"][audio])
     for layer in chosen:
         parts_ids, parts_logits = [], []
-        for x, rows in cache.iter_batches(f"{SITE_PREFIX}{layer}", batch_rows=max(chunk_rows, _READ_ROWS),
+        for x, rows in cache.iter_batches(f"{LLM_LAYER_PREFIX}{layer}", batch_rows=max(chunk_rows, _READ_ROWS),
                                           items=item_list):
             keep = rows["kind"] == AUDIO
             if not keep.any():
@@ -614,7 +560,7 @@ def lens_report(result: LensResult, scores: LensScores, normalizer: TokenNormali
         "top_k": result.top_k, "chunk_rows": result.chunk_rows, "n_items": len(present), "n_audio_rows": result.rows,
         "normalisation": NORMALISATION_RULE, "scores": PRECISION_RULE,
         "bootstrap": {"n_boot": scores.n_boot, "level": scores.level, "seed": scores.seed},
-        "layers": [{"layer": layer, "site": f"{SITE_PREFIX}{layer}", "precision": _estimate(s.precision),
+        "layers": [{"layer": layer, "site": f"{LLM_LAYER_PREFIX}{layer}", "precision": _estimate(s.precision),
                     "recall": _estimate(s.recall), "n_items": s.n_items, "n_rows": s.n_rows, "n_tokens": s.n_tokens}
                    for layer, s in sorted(scores.layers.items())],
         "per_item": {"ids": ids,

@@ -281,8 +281,8 @@ class _Study:
 
     def lens(self) -> list[Path]:
         from activations import ActivationCache
-        from interp.lens import (TokenNormalizer, cache_layers, implicit_cascade_llm, lens_report, logit_lens,
-                                 parse_layers, run_implicit_cascade, score_lens, write_report)
+        from interp.lens import TokenNormalizer, implicit_cascade_llm, lens_report, logit_lens, run_implicit_cascade, score_lens, write_report
+        from interp.sites import llm_layers, parse_layers
 
         model = self.model(self.plan.speech_model)
         normalizer = TokenNormalizer(model.tokenizer)
@@ -294,7 +294,7 @@ class _Study:
         written = []
         for name in self.plan.analysis_sets:
             cache = ActivationCache.open(self.out / "caches" / name)
-            layers = cache_layers(cache.sites)
+            layers = llm_layers(cache.sites)
             layer = layers[-1] if self.plan.lens_layer is None else parse_layers(str(self.plan.lens_layer), layers)[0]
             rows = int((cache.row_table()["kind"] == 0).sum())
             with self.progress(f"logit lens {name}", rows * len(layers)) as update:

@@ -13,7 +13,7 @@ from probes.ctc import (
 )
 from probes.figure import probe_figure
 from probes.ridge import RidgeAccumulator, RidgeResult, fit_ridge, item_folds, r2_score_streaming
-from probes.sweep import PROBES, ProbeName, ProbeReport, ProbeScore, run_probes, site_group, sort_sites
+from probes.sweep import PROBES, ProbeName, ProbeReport, ProbeScore, run_probes
 from probes.targets import (
     BLANK, CHARSET, PitchTrack, bag_of_characters, characters, encode_chars, energy_db, pitch_log_hz, pitch_track,
 )
@@ -29,5 +29,5 @@ __all__ = [
     "ctc_length", "ctc_probe", "edit_distance", "fit_ctc_probe", "greedy_decode",
     "BocResult", "PooledRows", "boc_probe", "boc_targets", "lambda_grid", "r2_over_varying_outputs",
     # sweeps and figures
-    "PROBES", "ProbeName", "ProbeReport", "ProbeScore", "run_probes", "site_group", "sort_sites", "probe_figure",
+    "PROBES", "ProbeName", "ProbeReport", "ProbeScore", "run_probes", "probe_figure",
 ]

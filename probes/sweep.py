@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -36,39 +35,22 @@ from activations.extract import set_items_of
 from interp.data.audio import SAMPLE_RATE
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
+from interp.sites import sort_sites
 from interp.stats import Estimate, bootstrap_ci
 from probes.boc import PooledRows, boc_probe, boc_targets, lambda_grid
 from probes.ctc import CtcItem, choose_frames_per_row, ctc_probe
 from probes.ridge import RidgeAccumulator, RidgeResult, fit_ridge, item_folds
 from probes.targets import encode_chars, energy_db, pitch_track
 
-__all__ = ["PROBES", "ProbeName", "ProbeReport", "ProbeScore", "run_probes", "site_group", "sort_sites"]
+__all__ = ["PROBES", "ProbeName", "ProbeReport", "ProbeScore", "run_probes"]
 
 log = logging.getLogger(__name__)
 
 ProbeName = Literal["energy", "pitch", "ctc", "boc"]
 PROBES: tuple[ProbeName, ...] = ("energy", "pitch", "ctc", "boc")
 
-_LAYER_SITE = re.compile(r"^(audio|llm)\.layers\.(\d+)$")
 _BATCH_BYTES = 128 << 20  # float32 rows per streamed batch, before the float64 copy of the accumulators
 _N_BOOT = 1000
-
-
-def _site_key(site: str) -> tuple[int, int, str]:
-    layer = _LAYER_SITE.match(site)
-    if layer:
-        return (0 if layer.group(1) == "audio" else 3, int(layer.group(2)), site)
-    return ({"projector": 1, "llm.embed": 2}.get(site, 4), 0, site)
-
-
-def sort_sites(sites: Sequence[str]) -> list[str]:
-    """Sites in the order audio flows: audio.layers.N, projector, llm.embed, llm.layers.N (N numeric), others."""
-    return sorted(sites, key=_site_key)
-
-
-def site_group(site: str) -> Literal["audio encoder", "LLM"]:
-    """Which half of the model a site is in: audio.* is the audio encoder, the rest (projector on) feeds the LLM."""
-    return "audio encoder" if site.startswith("audio.") else "LLM"
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from activations.extract import extract, plan_extraction
 from interp.behavior import read_predictions, read_sidecar, run_summary
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
-from interp.lens import (TokenNormalizer, implicit_cascade_llm, lens_report, lens_text, logit_lens, parse_layers,
-                         precision_figure, run_implicit_cascade, score_lens, strip_figure, token_score)
+from interp.lens import TokenNormalizer, implicit_cascade_llm, lens_report, lens_text, logit_lens, precision_figure, run_implicit_cascade, score_lens, strip_figure, token_score
+from interp.sites import parse_layers
 from interp.models.mini import load_model
 from interp.task_prompts import choose, task_prompt
 from tests.helpers import run_cli

@@ -21,7 +21,8 @@ from interp.errors import InterpError
 from probes import (
     PooledRows, ProbeReport, bag_of_characters, ctc_length, encode_chars, energy_db, pitch_track, probe_figure,
 )
-from probes.sweep import run_probes, sort_sites
+from probes.sweep import run_probes
+from interp.sites import sort_sites
 from tests.test_probe_ctc import WORDS, planted_rows
 
 N_ITEMS = 80

@@ -15,18 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from interp.errors import InterpError
 
-__all__ = ["AUDIO_PLACEHOLDER", "SiteError", "Site", "SpeechBatch", "SpeechLM", "expand_sites", "describe_sites",
-           "describe_model", "other_weights", "llm_sites", "build_seeded"]
+__all__ = ["AUDIO_PLACEHOLDER", "Site", "SpeechBatch", "SpeechLM", "describe_model", "other_weights", "llm_sites",
+           "build_seeded"]
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 """Where the audio goes in a prompt. An end-to-end model puts its audio embeddings there; a cascade
 puts the transcript there, so both read the same prompt."""
-
-
-class SiteError(InterpError):
-    """A site name or pattern that the model (or cache) does not have."""
 
 
 @dataclass(frozen=True)
@@ -102,54 +97,6 @@ def describe_model(system: object, spec: str | None) -> dict[str, Any]:
 def other_weights(recorded: dict[str, Any], system: object, spec: str | None) -> bool:
     """Whether `recorded` (a cache header's model_info) names other weights than `system` has."""
     return recorded.get("weights") != describe_model(system, spec).get("weights")
-
-
-def describe_sites(available: Sequence[str]) -> str:
-    """Compact listing such as 'audio.layers.0–5, projector, llm.embed, llm.layers.0–29'."""
-    groups: dict[str, list[int]] = {}
-    order: list[str] = []
-    for name in available:
-        head, _, tail = name.rpartition(".")
-        key = head if tail.isdigit() else name
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        if tail.isdigit():
-            groups[key].append(int(tail))
-    parts = []
-    for key in order:
-        indices = sorted(groups[key])
-        parts.append(f"{key}.{indices[0]}–{indices[-1]}" if indices else key)
-    return ", ".join(parts)
-
-
-def expand_sites(spec: str, available: Sequence[str]) -> list[str]:
-    """Expand a site spec against the sites a model or cache has, keeping forward order.
-
-    `llm.layers.0,4,8,12`, `llm.layers.*`, `audio.layers.*,projector`: comma-separated entries; an entry
-    that is only digits continues the previous entry's prefix. Raises SiteError naming the unknown site
-    and listing what exists.
-    """
-    wanted: set[str] = set()
-    prefix = ""
-    for entry in (e.strip() for e in spec.split(",")):
-        if not entry:
-            continue
-        if entry.isdigit() and prefix:
-            entry = f"{prefix}.{entry}"
-        if entry.endswith(".*"):
-            prefix = entry[:-2]
-            matches = [s for s in available if s.rpartition(".")[0] == prefix and s.rpartition(".")[2].isdigit()]
-        else:
-            head, _, tail = entry.rpartition(".")
-            prefix = head if tail.isdigit() else prefix
-            matches = [entry] if entry in available else []
-        if not matches:
-            raise SiteError(f"unknown site {entry!r}: available sites are {describe_sites(available)}")
-        wanted.update(matches)
-    if not wanted:
-        raise SiteError(f"no site in {spec!r}: available sites are {describe_sites(available)}")
-    return [s for s in available if s in wanted]
 
 
 def llm_sites(layers: Sequence[nn.Module]) -> dict[str, Site]:
