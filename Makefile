@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 # Research code (experiments/): its flite-marked tests need Debian's flite, which `make` does not install

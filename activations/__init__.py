@@ -1,4 +1,4 @@
-"""Activation caches: hooks on a model's named sites, written to sharded HDF5 (see DESIGN.md).
+"""Activation caches: hooks on a model's named sites, written to sharded HDF5 (see docs/architecture.md).
 
 The package holds the hooks, the HDF5 store and the extraction loop, so that the import layout of the
 distribution is fixed from the start. The store is split by job: `activations.format` (layout, header,
@@ -9,8 +9,21 @@ codecs, errors), `activations.writer` (CacheWriter), `activations.reader` (Activ
 from __future__ import annotations
 
 from activations.format import (
-    AUDIO, DTYPES, FORMAT_VERSION, KIND_NAMES, MANIFEST, POSITIONS, TEXT, CacheError, CacheHeader, CacheMismatch,
-    Float16Overflow, ItemMeta, ItemRows, NonFiniteActivation, StorageOverflow,
+    AUDIO,
+    DTYPES,
+    FORMAT_VERSION,
+    KIND_NAMES,
+    MANIFEST,
+    POSITIONS,
+    TEXT,
+    CacheError,
+    CacheHeader,
+    CacheMismatch,
+    Float16Overflow,
+    ItemMeta,
+    ItemRows,
+    NonFiniteActivation,
+    StorageOverflow,
 )
 from activations.maintenance import VerifyReport, export, finalize, info, verify
 from activations.reader import ActivationCache

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from activations.format import AUDIO, TEXT, CacheHeader, ItemMeta, ItemRows
-from activations.reader import ActivationCache
 from activations.hooks import StopForward, capture
+from activations.reader import ActivationCache
 from activations.writer import CacheWriter
 from interp.data.manifest import MANIFEST, Item, SpokenSet
 from interp.errors import InterpError
@@ -131,9 +131,11 @@ def _rows_of_batch(plan: ExtractionPlan, batch: SpeechBatch, captured: dict[str,
     return out
 
 
-def extract(model: SpeechLM, spoken_set: SpokenSet, out: Path, *, plan: ExtractionPlan, prompt_for: Callable[[Item], str],
+def extract(model: SpeechLM, spoken_set: SpokenSet, out: Path, *, plan: ExtractionPlan,
+            prompt_for: Callable[[Item], str],
             dtype: str = "float16", batch_size: int = 8, rank: int = 0, world: int = 1, limit: int | None = None,
-            items_per_shard: int = 64, overwrite: bool = False, model_info: dict | None = None, provenance: dict | None = None,
+            items_per_shard: int = 64, overwrite: bool = False, model_info: dict | None = None,
+            provenance: dict | None = None,
             progress: Callable[[int], None] | None = None) -> CacheWriter:
     """Extract the plan's sites for the set's items (the first `limit`; this rank's share `index % world ==
     rank`) into the cache at `out`, skipping items already in finished shards. Returns the closed writer.
@@ -142,7 +144,8 @@ def extract(model: SpeechLM, spoken_set: SpokenSet, out: Path, *, plan: Extracti
     """
     sites = model.sites()
     selected = [(index, item) for index, item in enumerate(spoken_set.items[:limit]) if index % world == rank]
-    probe_batch = model.prepare([spoken_set.load_audio(selected[0][1])], [prompt_for(selected[0][1])]) if selected else None
+    probe_batch = (model.prepare([spoken_set.load_audio(selected[0][1])], [prompt_for(selected[0][1])])
+                   if selected else None)
     dims = _site_dims(model, plan, probe_batch) if probe_batch is not None else {}
     header = CacheHeader(model=getattr(model, "name", type(model).__name__), sites=dims, dtype=dtype,
                          positions=plan.positions, dataset=dataset_identity(spoken_set),
@@ -166,7 +169,8 @@ def extract(model: SpeechLM, spoken_set: SpokenSet, out: Path, *, plan: Extracti
     return writer
 
 
-def _run_to_last_site(model: SpeechLM, sites: dict, plan: ExtractionPlan, batch: SpeechBatch) -> dict[str, torch.Tensor]:
+def _run_to_last_site(model: SpeechLM, sites: dict, plan: ExtractionPlan,
+                      batch: SpeechBatch) -> dict[str, torch.Tensor]:
     """The plan's site tensors for a batch; the forward pass stops once the last of them is computed
     (an encoder cache never runs the LLM; a cache of early layers skips the rest)."""
     with capture(sites, plan.sites, stop_after_last=True) as captured, torch.no_grad():

@@ -15,12 +15,33 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from activations.codec import _STORED, _decode
 from activations.format import (
-    _ROW_FIELDS, _STORED, FORMAT_VERSION, MANIFEST, TEXT, CacheError, CacheHeader, CacheMismatch, _decode,
-    _entry, _folder_header, _known_entries, _list_shards, _manifest_header, _rank_manifests, _read_json,
-    _scan_shards, _sha256, _str_array, _tag, _write_h5_atomic, _write_json_atomic, _write_layout,
+    _ROW_FIELDS,
+    FORMAT_VERSION,
+    MANIFEST,
+    TEXT,
+    CacheError,
+    CacheHeader,
+    CacheMismatch,
 )
 from activations.reader import ActivationCache
+from activations.shards import (
+    _entry,
+    _folder_header,
+    _known_entries,
+    _list_shards,
+    _manifest_header,
+    _rank_manifests,
+    _read_json,
+    _scan_shards,
+    _sha256,
+    _str_array,
+    _tag,
+    _write_h5_atomic,
+    _write_json_atomic,
+    _write_layout,
+)
 
 __all__ = ["VerifyReport", "finalize", "verify", "export", "info"]
 

@@ -15,10 +15,16 @@ from typing import Any, Iterable, Iterator
 import h5py
 import numpy as np
 
+from activations.codec import _STORED, _decode
 from activations.format import (
-    _ROW_FIELDS, _STORED, CacheError, CacheHeader, ItemMeta, _decode, _describe_mismatch, _folder_header,
-    _list_shards, _open_h5, _parse_header, _str_array,
+    _ROW_FIELDS,
+    CacheError,
+    CacheHeader,
+    ItemMeta,
+    _describe_mismatch,
+    _parse_header,
 )
+from activations.shards import _folder_header, _list_shards, _open_h5, _str_array
 
 __all__ = ["ActivationCache"]
 

@@ -15,11 +15,36 @@ from typing import Any
 
 import numpy as np
 
+from activations.codec import _encode
 from activations.format import (
-    _KIND_CODES, _RANK_MANIFEST_RE, _ROW_FIELDS, _SHARD_RE, AUDIO, MANIFEST, TEXT, CacheError, CacheHeader,
-    CacheMismatch, ItemMeta, ItemRows, _encode, _entry, _known_entries, _list_shards, _manifest_files,
-    _manifest_header, _mismatch, _new_entry, _rank_manifests, _scan_shard, _scan_shards, _tag, _write_h5_atomic,
-    _write_json_atomic, _write_layout,
+    _KIND_CODES,
+    _ROW_FIELDS,
+    AUDIO,
+    MANIFEST,
+    TEXT,
+    CacheError,
+    CacheHeader,
+    CacheMismatch,
+    ItemMeta,
+    ItemRows,
+    _mismatch,
+)
+from activations.shards import (
+    _RANK_MANIFEST_RE,
+    _SHARD_RE,
+    _entry,
+    _known_entries,
+    _list_shards,
+    _manifest_files,
+    _manifest_header,
+    _new_entry,
+    _rank_manifests,
+    _scan_shard,
+    _scan_shards,
+    _tag,
+    _write_h5_atomic,
+    _write_json_atomic,
+    _write_layout,
 )
 
 __all__ = ["CacheWriter"]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from activations import ActivationCache, CacheHeader, CacheWriter, ItemMeta, ItemRows
-from interp.lens import TokenNormalizer, lens_rows, logit_lens, score_lens
+from interp.lens import TokenNormalizer, Unembed, logit_lens, score_lens
 from interp.models.mini import _smollm2
 
 LIMIT_MB = 2048.0
@@ -76,7 +76,7 @@ def main() -> None:
 
         x = cache.read("llm.layers.0", items=[m.id for m in cache.items[:max(1, args.baseline_rows // args.per_item)]])
         start = time.perf_counter()
-        lens_rows(x, llm.final_norm, llm.unembed, top_k=args.top_k, chunk_rows=args.chunk_rows)
+        Unembed.from_model(llm).top_k(x, k=args.top_k, chunk_rows=args.chunk_rows)
         baseline = len(x) / (time.perf_counter() - start)
         del x
         print(f"baseline (rows in memory, norm + unembed + top-{args.top_k}, chunk {args.chunk_rows}): "

@@ -151,7 +151,8 @@ def _rss(cache: ActivationCache, work: Path, targets: np.ndarray, fold: np.ndarr
          args: argparse.Namespace) -> None:
     np.save(work / "folds.npy", fold)
     site_mb = cache.rows * args.dim * 4 / 1e6
-    print(f"peak RSS of the streaming path in a fresh process ({args.rss_layers} layer(s); VmHWM; one site as float32 would "
+    print(f"peak RSS of the streaming path in a fresh process ({args.rss_layers} layer(s); VmHWM; "
+          "one site as float32 would "
           f"be {site_mb:.0f} MB, float64 {2 * site_mb:.0f} MB; the cache on disk {cache.bytes / 1e6:.0f} MB):")
     runs = [(rows, 1.0) for rows in args.rss_batch_rows] + [(args.rss_batch_rows[0], 0.5)]
     for batch_rows, share in runs:
@@ -195,7 +196,8 @@ def main() -> None:
         splits = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(args.folds)]
         grid_rel = np.logspace(-4, 2, args.lambdas)
         print(f"{cache.rows} rows x {args.dim}, {len(cache.items)} items, {args.layers} layers, {args.folds} item "
-              f"folds, BLAS threads {args.threads}, {args.lambdas} λ (relative {grid_rel[0]:g} ... {grid_rel[-1]:g}); noise σ per layer "
+              f"folds, BLAS threads {args.threads}, {args.lambdas} λ (relative {grid_rel[0]:g} ... {grid_rel[-1]:g}); "
+              "noise σ per layer "
               f"{', '.join(f'{s:.2f}' for s in _noise_levels(args.layers))}")
 
         _ours(cache, targets[:, :1], fold, grid_rel, args.folds, args.batch_rows)  # warm-up (page cache, BLAS)

@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from interp.stats import bootstrap_indices, pairwise_kappa
+from interp.estimates import bootstrap_indices
+from interp.stats import pairwise_kappa
 
 
 def _answers(n_items: int, n_systems: int, n_classes: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -9,11 +9,12 @@ import datetime as _dt
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provenance"]
+__all__ = ["provenance", "package_versions"]
 
 _PACKAGES = (
     "cascade-interp", "numpy", "scipy", "soundfile", "torch", "transformers",
@@ -41,14 +42,19 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in _PACKAGES:
+def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str]:
+    """The installed version of each named distribution; one that is not installed is left out."""
+    versions = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **package_versions()}
 
 
 def _torch_threads() -> int | None:

@@ -1,6 +1,6 @@
 """Plotly figures of a run's statistics, and the study's self-contained HTML report.
 
-The figure functions take the stats dict (interp.behavior.run_statistics) and return a plotly Figure;
+The figure functions take the stats dict (interp.stats.run.run_statistics) and return a plotly Figure;
 `write_figure` saves one as a self-contained HTML file (plotly.js inlined, no CDN, opens offline).
 `write_study_report` turns a study folder (interp.study) into report.html: one section per analysis with
 its figure, its table, where each number comes from, and the paper's figures beside ours.
@@ -16,6 +16,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from interp.io import write_atomic, write_text_atomic
 
 __all__ = ["kappa_heatmap", "error_overlap_bars", "accuracy_vs_snr", "write_figure", "write_study_report",
            "PAPER_FIGURES"]
@@ -122,10 +124,8 @@ def accuracy_vs_snr(stats: dict[str, Any]) -> go.Figure:
 
 
 def write_figure(figure: go.Figure, path: Path) -> Path:
-    """Save as a standalone HTML file (plotly.js inlined, works offline)."""
-    path = Path(path)
-    figure.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    """Save as a standalone HTML file (plotly.js inlined, works offline), atomically."""
+    return write_atomic(Path(path), lambda tmp: figure.write_html(str(tmp), include_plotlyjs=True, full_html=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,10 +158,12 @@ PAPER_FIGURES: dict[str, list[str]] = {
 
 _STYLE = """body{font:15px/1.45 system-ui,sans-serif;max-width:1180px;margin:0 auto;padding:0 18px 60px;color:#222}
 h1{font-size:26px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:42px}
-table{border-collapse:collapse;margin:10px 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:10px 0;font-size:13px}\
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .paper{background:#fff8e6;border-left:4px solid #e0a800;padding:6px 12px;margin:12px 0}
-.source{color:#555;font-size:12px}nav a{margin-right:14px}pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}"""
+.source{color:#555;font-size:12px}nav a{margin-right:14px}\
+pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:12px}"""
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -193,7 +195,8 @@ def _source(out: Path, paths: list[Path], stage: str) -> str:
         record = json.loads(marker.read_text(encoding="utf-8"))
         origin = record.get("provenance") or {}
         made = (f"; made by {html.escape(str(origin.get('command')))} at commit "
-                f"{html.escape(str(origin.get('git_commit')))}, seed {origin.get('seed')}, in {record['seconds']:.0f} s")
+                f"{html.escape(str(origin.get('git_commit')))}, seed {origin.get('seed')}, "
+                f"in {record['seconds']:.0f} s")
     files = ", ".join(html.escape(str(p.relative_to(out))) for p in paths)
     return f"<p class='source'>Source: {files}{made}.</p>"
 
@@ -340,9 +343,5 @@ def write_study_report(out: Path, stage_seconds: dict[str, float]) -> Path:
             + "</pre>")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cascade-interp study report</title>"
             f"<style>{_STYLE}</style></head><body>{head}{''.join(body)}{tail}</body></html>")
-    path = out / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out / "report.html", page)
 

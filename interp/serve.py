@@ -5,10 +5,10 @@ message whose content parts are text and one `input_audio` part (base64 wav or f
 and resampled to 16 kHz); the prompt is the text parts in order with the audio placeholder where the audio part
 was, and the reply is `system.generate(audio, prompt, max_new_tokens=max_tokens)` (greedy, whatever
 `temperature` says). An extension field `"raw_prompt": true` gives the prompt to the model as written
-(PlainPrompt: no chat template), so an `EndpointSystem` with raw_prompts=True reproduces the harness's few-shot
-prompts exactly. Not supported (answered 400): streaming, n > 1, system or earlier turns, tools.
-Requests are served one at a time per model (a lock around the model); the server answers /v1/models while a
-generation runs. With an API key set, every request needs `Authorization: Bearer <key>`.
+(PlainPrompt: no chat template), so an `EndpointSystem` (interp.models.endpoint) with raw_prompts=True
+reproduces the harness's few-shot prompts exactly. Not supported (answered 400): streaming, n > 1, system or
+earlier turns, tools. Requests are served one at a time per model (a lock around the model); the server answers
+/v1/models while a generation runs. With an API key set, every request needs `Authorization: Bearer <key>`.
 
 Malformed requests get an error, never a hung or crashed thread: a Content-Length that is missing, not a
 decimal number (`abc`, `-1`) or over the body limit is answered 411, 400 or 413 and the connection closed
@@ -27,15 +27,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
+from interp.data.audio import SAMPLE_RATE, resample
 from interp.errors import InterpError
+from interp.models.base import AUDIO_PLACEHOLDER, SpeechLM
+from interp.models.cascade import Cascade, Oracle
+from interp.models.endpoint import EndpointSystem
+from interp.models.prompting import PlainPrompt
+from interp.models.text_lm import TextLM
 
-__all__ = ["serve", "make_server", "wav_base64", "decode_audio", "prompt_from_messages", "RequestError"]
+__all__ = ["Servable", "serve", "make_server", "decode_audio", "prompt_from_messages", "RequestError"]
 
 _log = logging.getLogger(__name__)
 _MAX_BODY = 64 * 1024 * 1024
@@ -54,25 +61,9 @@ class RequestError(Exception):
         self.kind = kind
 
 
-def wav_base64(audio: np.ndarray, sample_rate: int = 16_000) -> str:
-    """Base64 of a 16-bit PCM mono wav of (samples,) float audio in [-1, 1].
-
-    Samples are rounded to k / 32768 (the scale soundfile reads PCM_16 with), so audio read from a 16-bit wav
-    travels without change.
-    """
-    import soundfile as sf
-
-    pcm = np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    sf.write(buffer, pcm, sample_rate, subtype="PCM_16", format="WAV")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def decode_audio(data: str, audio_format: str) -> np.ndarray:
     """(samples,) float32 16 kHz mono from a base64 wav/flac; RequestError for anything else."""
     import soundfile as sf
-
-    from interp.data.audio import SAMPLE_RATE, resample
 
     if audio_format not in ("wav", "flac"):
         raise RequestError(400, f"input_audio format {audio_format!r} is not supported; send wav (or flac)")
@@ -89,8 +80,6 @@ def decode_audio(data: str, audio_format: str) -> np.ndarray:
 
 def prompt_from_messages(messages: Any) -> tuple[str, np.ndarray]:
     """(prompt with the audio placeholder where the audio part was, audio) from a chat `messages` list."""
-    from interp.models.base import AUDIO_PLACEHOLDER
-
     if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
         raise RequestError(400, "send exactly one message (role user); system messages and earlier turns are not "
                            "supported by this server")
@@ -136,7 +125,11 @@ def _max_tokens(body: dict[str, Any]) -> int:
     return value
 
 
-def make_server(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
+Servable = SpeechLM | Cascade | EndpointSystem
+"""What `interp serve` can put behind the endpoint: a system that hears audio and generates."""
+
+
+def make_server(system: Servable, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
                 api_key: str | None = None, read_timeout: float = _READ_TIMEOUT) -> ThreadingHTTPServer:
     """A bound server (port 0 picks a free one: read `server.server_address`); call serve_forever() on it.
 
@@ -144,9 +137,6 @@ def make_server(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model
     """
     if not hasattr(system, "generate"):
         raise InterpError(f"{type(system).__name__} cannot generate; serve a speech LLM or a cascade")
-    from interp.models.cascade import Oracle
-    from interp.models.text_lm import TextLM
-
     if isinstance(system, (Oracle, TextLM)):
         raise InterpError("a text LLM (or the oracle) does not hear audio; serve a speech LLM or a cascade")
     name = model_name or getattr(system, "name", "model")
@@ -154,8 +144,6 @@ def make_server(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model
     created = int(time.time())
 
     def complete(body: dict[str, Any]) -> dict[str, Any]:
-        from interp.models.prompting import PlainPrompt
-
         if body.get("model") not in (None, name):
             raise RequestError(404, f"model {body.get('model')!r} not found; this server has {name!r}",
                                "model_not_found")
@@ -213,104 +201,118 @@ def _body_length(value: str | None) -> int:
     return length
 
 
+@dataclass(frozen=True)
+class _Api:
+    """What the routes answer with: a chat completion, the model list, and the key requests must carry."""
+
+    complete: Callable[[dict[str, Any]], dict[str, Any]]
+    models: Callable[[], dict[str, Any]]
+    api_key: str | None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """The routes, answering through `api`; `_handler` makes the subclass that sets `api` and `timeout`."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "interp-serve"
+    # StreamRequestHandler puts this on the socket; a silent client then raises TimeoutError, which
+    # handle_one_request turns into a dropped connection (in the request line or headers) and do_POST
+    # into a 408 (in the body).
+    timeout: float = _READ_TIMEOUT
+    api: _Api
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        _log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:  # tell the client, so it does not send its next request here
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, error: RequestError) -> None:
+        self._send(error.status, {"error": {"message": str(error), "type": error.kind, "param": None,
+                                            "code": None}})
+
+    def _authorised(self) -> bool:
+        if not self.api.api_key:
+            return True
+        given = self.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {self.api.api_key}".encode()):
+            return True
+        self._error(RequestError(401, "missing or wrong API key (Authorization: Bearer ...)",
+                                 "authentication_error"))
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if not self._authorised():
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            self._send(200, self.api.models())
+        else:
+            self._error(RequestError(404, f"no route GET {self.path}; try GET /v1/models", "not_found"))
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering (or dropping) a request whose body cannot be read.
+
+        Each refusal closes the connection: the unread rest of the body would be parsed as a request.
+        """
+        try:
+            length = _body_length(self.headers.get("Content-Length"))
+            raw = self.rfile.read(length)
+        except RequestError as error:
+            self.close_connection = True
+            self._error(error)
+            return None
+        except TimeoutError:
+            self.close_connection = True
+            self._error(RequestError(408, f"the request body stopped arriving for {self.timeout:g} s"))
+            return None
+        if len(raw) < length:  # the client closed its side mid-body: nobody is left to answer
+            _log.info("%s closed the connection %d bytes into a %d-byte body", self.address_string(),
+                      len(raw), length)
+            self.close_connection = True
+            return None
+        return raw
+
+    def do_POST(self) -> None:  # noqa: N802
+        raw = self._read_body()
+        if raw is None:
+            return
+        if not self._authorised():
+            return
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._error(RequestError(404, f"no route POST {self.path}; try POST /v1/chat/completions",
+                                     "not_found"))
+            return
+        try:
+            body = json.loads(raw.decode("utf-8"))
+            if not isinstance(body, dict):
+                raise RequestError(400, "the request body must be a JSON object")
+            self._send(200, self.api.complete(body))
+        except json.JSONDecodeError as error:
+            self._error(RequestError(400, f"the request body is not JSON ({error.msg})"))
+        except UnicodeDecodeError:
+            self._error(RequestError(400, "the request body is not UTF-8"))
+        except RequestError as error:
+            self._error(error)
+        except Exception as error:  # noqa: BLE001 - a bug in the model: answer 500, keep serving
+            _log.exception("generation failed")
+            self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(error).__name__}",
+                                     "server_error"))
+
+
 def _handler(complete: Callable[[dict[str, Any]], dict[str, Any]], models: Callable[[], dict[str, Any]],
              api_key: str | None, read_timeout: float) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "interp-serve"
-        # StreamRequestHandler puts this on the socket; a silent client then raises TimeoutError, which
-        # handle_one_request turns into a dropped connection (in the request line or headers) and do_POST
-        # into a 408 (in the body).
-        timeout = read_timeout
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-            _log.info("%s %s", self.address_string(), format % args)
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:  # tell the client, so it does not send its next request here
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, error: RequestError) -> None:
-            self._send(error.status, {"error": {"message": str(error), "type": error.kind, "param": None,
-                                                "code": None}})
-
-        def _authorised(self) -> bool:
-            if not api_key:
-                return True
-            given = self.headers.get("Authorization", "")
-            if hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return True
-            self._error(RequestError(401, "missing or wrong API key (Authorization: Bearer ...)",
-                                     "authentication_error"))
-            return False
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if not self._authorised():
-                return
-            if self.path.rstrip("/") == "/v1/models":
-                self._send(200, models())
-            else:
-                self._error(RequestError(404, f"no route GET {self.path}; try GET /v1/models", "not_found"))
-
-        def _read_body(self) -> bytes | None:
-            """The request body, or None after answering (or dropping) a request whose body cannot be read.
-
-            Each refusal closes the connection: the unread rest of the body would be parsed as a request.
-            """
-            try:
-                length = _body_length(self.headers.get("Content-Length"))
-                raw = self.rfile.read(length)
-            except RequestError as error:
-                self.close_connection = True
-                self._error(error)
-                return None
-            except TimeoutError:
-                self.close_connection = True
-                self._error(RequestError(408, f"the request body stopped arriving for {read_timeout:g} s"))
-                return None
-            if len(raw) < length:  # the client closed its side mid-body: nobody is left to answer
-                _log.info("%s closed the connection %d bytes into a %d-byte body", self.address_string(),
-                          len(raw), length)
-                self.close_connection = True
-                return None
-            return raw
-
-        def do_POST(self) -> None:  # noqa: N802
-            raw = self._read_body()
-            if raw is None:
-                return
-            if not self._authorised():
-                return
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                self._error(RequestError(404, f"no route POST {self.path}; try POST /v1/chat/completions",
-                                         "not_found"))
-                return
-            try:
-                body = json.loads(raw.decode("utf-8"))
-                if not isinstance(body, dict):
-                    raise RequestError(400, "the request body must be a JSON object")
-                self._send(200, complete(body))
-            except json.JSONDecodeError as error:
-                self._error(RequestError(400, f"the request body is not JSON ({error.msg})"))
-            except UnicodeDecodeError:
-                self._error(RequestError(400, "the request body is not UTF-8"))
-            except RequestError as error:
-                self._error(error)
-            except Exception as error:  # noqa: BLE001 - a bug in the model: answer 500, keep serving
-                _log.exception("generation failed")
-                self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(error).__name__}",
-                                         "server_error"))
-
-    return Handler
+    """The request handler class of one server (http.server builds one instance per request)."""
+    return type("Handler", (_Handler,), {"api": _Api(complete, models, api_key), "timeout": read_timeout})
 
 
-def serve(system: Any, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
+def serve(system: Servable, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None,
           api_key: str | None = None, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve `system` until interrupted. on_ready(base_url) is called once the port is bound."""
     server = make_server(system, host, port, model_name=model_name, api_key=api_key)

@@ -8,7 +8,7 @@ one row (the mean of its audio rows), so folds and held-out scores are over item
 R² is averaged uniformly over the outputs that vary among the held-out items: a letter absent from them
 (often q, x, z in short sets) has no variance to explain, and sklearn's convention (1 if predicted
 exactly, else 0) would let such letters swing the score. The interval is a percentile bootstrap over
-held-out items (`interp.stats.bootstrap_ci`, 1,000 resamples).
+held-out items (`interp.estimates.bootstrap_ci`, 1,000 resamples).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from interp.errors import InterpError
-from interp.stats import Estimate, bootstrap_ci
+from interp.estimates import Estimate, bootstrap_ci
 from probes.ridge import RidgeAccumulator, fit_ridge, item_folds
 from probes.targets import bag_of_characters
 

@@ -14,7 +14,7 @@ on the CTC loss of a held-out share of the training items, keeping the best epoc
 
 Score = 1 − CER of greedy decoding (argmax per frame, collapse repeats, drop blanks) on held-out items,
 CER = Σ edits / Σ reference characters over items (pooled, as ASR benchmarks do), with a percentile
-bootstrap interval over held-out items (`interp.stats.bootstrap_ci`: per-item edits and lengths
+bootstrap interval over held-out items (`interp.estimates.bootstrap_ci`: per-item edits and lengths
 resampled together, ratio of sums).
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from interp.errors import InterpError
-from interp.stats import Estimate, bootstrap_ci
+from interp.estimates import Estimate, bootstrap_ci
 from probes.targets import BLANK, CHARSET
 
 __all__ = [

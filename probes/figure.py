@@ -11,8 +11,8 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from probes.sweep import PROBES, ProbeReport
 from interp.sites import site_group, sort_sites
+from probes.sweep import PROBES, ProbeReport
 
 __all__ = ["probe_figure"]
 

@@ -16,7 +16,7 @@ Row-level R² on the held-out items is sklearn's `r2_score` over all their rows,
 sums: with y centred on the held-out mean μ, each item keeps its row count n_i, Σy, Σy² and its residual
 sum of squares e_i, and R² = 1 − Σe_i / (Σ Σy² − (Σ Σy)² / Σn_i). The interval resamples items (not rows)
 with replacement and recomputes that ratio from the resampled sums: 1,000 resamples, percentile 95 %,
-`interp.stats.bootstrap_ci` with the run's seed.
+`interp.estimates.bootstrap_ci` with the run's seed.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from activations.extract import set_items_of
 from interp.data.audio import SAMPLE_RATE
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
+from interp.estimates import Estimate, bootstrap_ci
 from interp.sites import sort_sites
-from interp.stats import Estimate, bootstrap_ci
 from probes.boc import PooledRows, boc_probe, boc_targets, lambda_grid
 from probes.ctc import CtcItem, choose_frames_per_row, ctc_probe
 from probes.ridge import RidgeAccumulator, RidgeResult, fit_ridge, item_folds

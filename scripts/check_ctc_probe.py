@@ -89,7 +89,8 @@ def _build_set(work: Path, args: argparse.Namespace):
     transcripts = [" ".join(item.transcript.lower().split()) for item in spoken.items]
     if len(set(transcripts)) != len(transcripts):
         raise SystemExit(f"error: {folder} has repeated transcripts; delete it and rerun")
-    tasks = {task: sum(item.task == task for item in spoken.items) for task in dict.fromkeys(i.task for i in spoken.items)}
+    tasks = {task: sum(item.task == task for item in spoken.items)
+             for task in dict.fromkeys(i.task for i in spoken.items)}
     hours = sum(item.duration for item in spoken.items) / 3600
     seconds = time.perf_counter() - start
     print(f"set: {folder} {how}: {len(spoken.items)} items ({', '.join(f'{t} {c}' for t, c in tasks.items())}), "
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_items": len(report.train_items), "test_items": len(report.test_items), "score": score.score,
         "low": score.low, "high": score.high, "extra": extra, "full_size": full, "passed": passed,
         "seconds": {"set": set_seconds, "extraction": cache_seconds, "probe": probe_seconds},
-        "provenance": provenance(command="scripts/check_ctc_probe.py", config={k: str(v) for k, v in vars(args).items()},
+        "provenance": provenance(command="scripts/check_ctc_probe.py",
+                                 config={k: str(v) for k, v in vars(args).items()},
                                  seed=args.seed)}, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"report: {out}")
     return 1 if full and not passed else 0

@@ -17,13 +17,21 @@ from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.multitest import multipletests
 
 from interp.behavior import (
-    match_answer, normalize_answer, parse_choice, parse_systems, read_predictions, run_statistics, run_system, set_name,
+    Prediction,
+    match_answer,
+    normalize_answer,
+    parse_choice,
+    parse_systems,
+    read_predictions,
+    run_system,
+    set_name,
 )
 from interp.data.audio import write_wav
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
 from interp.models.cascade import Cascade, Oracle
 from interp.models.tiny import tiny_text_lm, tiny_ultravox
+from interp.stats.run import run_statistics
 from interp.task_prompts import task_prompt
 from tests.helpers import run_cli
 
@@ -276,8 +284,8 @@ def test_killed_behave_run_resumes_without_recomputing(tmp_path: Path) -> None:
     final = {line["id"]: line for line in _lines(predictions)}
     assert len(final) == 30 == len(_lines(predictions))
     for line in killed:
-        assert final[line["id"]]["scores"] == line["scores"]
-        assert final[line["id"]]["latency_s"] == line["latency_s"]
+        assert final[line.id]["scores"] == list(line.scores)
+        assert final[line.id]["latency_s"] == line.latency_s
     assert "tiny-ultravox" in result.stdout and "sent" in result.stdout
 
 
@@ -543,14 +551,46 @@ def test_behave_output_feeds_stats(tmp_path: Path, ultravox, oracle) -> None:
     assert [row["snr_db"] for row in table["rows"]] == [None, None, 10.0, 10.0]
 
 
+def _minimal(item_id: str) -> str:
+    """A predictions line with only the fields `interp stats` reads (as a hand-written file has them)."""
+    return json.dumps({"id": item_id, "task": "t", "label": 0, "n_choices": 2, "prediction": 0, "correct": True})
+
+
 def test_read_predictions_keeps_whole_lines_and_drops_torn_ones(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
-    path.write_text('{"id": "a"}\n{"id": "b"}')  # a whole last line without its newline is kept
-    assert [r["id"] for r in read_predictions(path, repair=True)] == ["a", "b"]
+    a, b = _minimal("a"), _minimal("b")
+    path.write_text(f"{a}\n{b}")  # a whole last line without its newline is kept
+    assert [r.id for r in read_predictions(path, repair=True)] == ["a", "b"]
     assert path.read_text().endswith("}\n")
-    path.write_text('{"id": "a"}\n{"id": "b", "sco')  # a torn one is dropped, and cut with repair
-    assert [r["id"] for r in read_predictions(path)] == ["a"] and path.read_text().endswith("sco")
-    assert [r["id"] for r in read_predictions(path, repair=True)] == ["a"] and path.read_text() == '{"id": "a"}\n'
-    path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
+    path.write_text(f'{a}\n{b[:-10]}')  # a torn one is dropped, and cut with repair
+    assert [r.id for r in read_predictions(path)] == ["a"] and path.read_text().endswith(b[-20:-10])
+    assert [r.id for r in read_predictions(path, repair=True)] == ["a"] and path.read_text() == f"{a}\n"
+    path.write_text(f'{a}\nnot json\n{_minimal("c")}\n')
     with pytest.raises(InterpError, match=":2: not valid JSON"):
+        read_predictions(path)
+
+
+def test_prediction_lines_round_trip_and_bad_fields_are_named(tmp_path: Path, oracle) -> None:
+    """Every line the harness writes (scores, parsed choices, open answers, WER, a cascade's transcript) reads
+    back into a Prediction that writes the same line; a line missing or adding a field is refused by name."""
+    spoken = make_set(tmp_path / "s", sentiment_records(3))
+    paths = [run_system(Cascade(_CountingASR(), oracle.llm, name="c"), spoken, tmp_path / "run", system_name="c"),
+             run_system(Scripted(["negative", "Positive!", "dunno"]), spoken, tmp_path / "run", system_name="p")]
+    records = [_item(0, "transcribe", "the cup final", (), ["the cup final"], 0.3),
+               _item(0, "triviaqa", "capital of france ?", (), ["Paris"], 0.3)]
+    paths.append(run_system(Scripted(["the cup", "Paris"]), make_set(tmp_path / "o", records), tmp_path / "run",
+                            system_name="o"))
+    keys = set()
+    for path in paths:
+        for text in path.read_text(encoding="utf-8").splitlines():
+            line = Prediction.from_dict(json.loads(text))
+            assert json.dumps(line.to_dict(), ensure_ascii=False) == text
+            keys |= set(json.loads(text))
+    assert {"asr_transcript", "reply", "wer", "ref_words", "scores"} <= keys  # every optional field was written
+    assert read_predictions(paths[1])[2].prediction == -1 and read_predictions(paths[0])[0].scores is not None
+    with pytest.raises(InterpError, match="no correct"):
+        Prediction.from_dict({"id": "a", "task": "t", "label": 0, "n_choices": 2, "prediction": 0})
+    path = tmp_path / "extra.jsonl"
+    path.write_text(_minimal("a") + "\n" + _minimal("b")[:-1] + ', "confidence": 0.9}\n')
+    with pytest.raises(InterpError, match=r"extra.jsonl:2: not a predictions line: unknown field 'confidence'"):
         read_predictions(path)

@@ -10,8 +10,14 @@ import pytest
 from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
 from interp.models.base import AUDIO_PLACEHOLDER
-from interp.models.tiny import (tiny_llama3_tokenizer, tiny_phi4mm, tiny_phi4mm_tokenizer, tiny_qwen2_audio,
-                                tiny_qwen2_audio_tokenizer, tiny_ultravox)
+from interp.models.tiny import (
+    tiny_llama3_tokenizer,
+    tiny_phi4mm,
+    tiny_phi4mm_tokenizer,
+    tiny_qwen2_audio,
+    tiny_qwen2_audio_tokenizer,
+    tiny_ultravox,
+)
 
 QUESTION = "What is the sentiment of this review?"
 PROMPT = f"{AUDIO_PLACEHOLDER}\n{QUESTION}"

@@ -15,21 +15,39 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import WhisperForConditionalGeneration
+from transformers import PreTrainedModel, WhisperForConditionalGeneration
 
-from interp.erasure import _model_tokenizer
+from interp.data.audio import write_wav
+from interp.erasure.fit import _model_tokenizer
 from interp.errors import InterpError
-from interp.models.cascade import Cascade
-from interp.models import checkpoints
-from interp.models.checkpoints import LoadOptions, WhisperCheckpointASR, load_checkpoint, load_checkpoint_tokenizer
 from interp.models import mini
+from interp.models.cascade import Cascade
+from interp.models.checkpoints import (
+    LoadOptions,
+    WhisperCheckpointASR,
+    load_checkpoint,
+    load_checkpoint_tokenizer,
+)
+from interp.models.checkpoints import folders as checkpoint_folders
+from interp.models.checkpoints.folders import has_tokenizer
 from interp.models.mini import load_model, load_tokenizer
 from interp.models.text_lm import TextLM
-from interp.models.tiny import tiny_phi4mm, tiny_qwen2_audio, tiny_text_lm, tiny_ultravox, tiny_whisper
-from interp.models.tiny_releases import (ULTRAVOX_AUDIO_ID, ULTRAVOX_TEXT_ID, add_tiny_speech_lora,
-                                         save_tiny_checkpoints)
+from interp.models.tiny import (
+    tiny_phi4mm,
+    tiny_qwen2_audio,
+    tiny_text_lm,
+    tiny_ultravox,
+    tiny_whisper,
+)
+from interp.models.tiny_releases import (
+    ULTRAVOX_AUDIO_ID,
+    ULTRAVOX_TEXT_ID,
+    add_tiny_speech_lora,
+    save_tiny_checkpoints,
+)
 from interp.models.ultravox_lm import UltravoxSpeechLM
 from interp.models.weights import WeightsMissing
+from tests.helpers import run_cli
 
 PROMPT = "What is the sentiment? <|audio|> Answer with one word."
 CHOICES = ["positive", "negative"]
@@ -257,12 +275,15 @@ def test_a_checkpoint_tokenizer_is_read_without_the_weights(tmp_path, monkeypatc
              f"qwen2-audio:{folders['qwen2-audio']}", f"phi4mm:{folders['phi4mm']}"]
     text = "The quiet harbour opened early on Sunday."
     expected = [load(spec).tokenizer(text)["input_ids"] for spec in specs]
-    assert not checkpoints._has_tokenizer(Path(folders["ultravox"]))  # fixie-ai's layout: the tokenizer is the base's
+    assert not has_tokenizer(Path(folders["ultravox"]))  # fixie-ai's layout: the tokenizer is the base's
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights read")
-    monkeypatch.setattr(checkpoints, "_pretrained", no_weights)
-    monkeypatch.setattr(checkpoints, "_read_tensors", no_weights)
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(no_weights))
+    monkeypatch.setattr(checkpoint_folders, "safe_open", no_weights)
+    for spec in specs[:2]:  # the patches bite: a load reads weights through them
+        with pytest.raises(AssertionError, match="weights read"):
+            load(spec)
     assert [load_checkpoint_tokenizer(spec)(text)["input_ids"] for spec in specs] == expected
     # erasure's text concept on a cache of that checkpoint (its header names the spec) reads it so
     cache = SimpleNamespace(header=SimpleNamespace(model_info={"spec": specs[1]}), model="qwen2-audio")
@@ -340,6 +361,21 @@ def test_cascade_needs_both_parts(cascade_folders) -> None:
     asr_folder, _, _, _ = cascade_folders
     assert "asr=PATH,llm=PATH" in one_line_error(InterpError, f"cascade:asr={asr_folder}")
     assert "tts=" in one_line_error(InterpError, f"cascade:asr={asr_folder},tts=/x")
+
+
+def test_the_cli_loads_a_checkpoint_quietly_and_loudly_at_debug(tmp_path, cascade_folders, audio) -> None:
+    """A command that loads a model shows no bar or warning of the libraries (transformers' `Loading weights`,
+    the GGUF conversion, deprecations); `--log-level DEBUG` gives them back (the positive control)."""
+    asr_folder, llm_folder, _, _ = cascade_folders
+    write_wav(tmp_path / "clip.wav", audio[0])
+    ask = ("ask", "--model", f"cascade:asr={asr_folder},llm={llm_folder}", "--audio", tmp_path / "clip.wav",
+           "--max-new-tokens", "2")
+    quiet, loud = run_cli(*ask), run_cli("--log-level", "DEBUG", *ask)
+    assert quiet.returncode == 0 == loud.returncode, quiet.stderr + loud.stderr
+    for noise in ("Loading weights", "Converting and de-quantizing", "Warning", "[transformers]"):
+        assert noise not in quiet.stderr, quiet.stderr
+    assert quiet.stderr == "" and quiet.stdout == loud.stdout
+    assert "Loading weights" in loud.stderr
 
 
 # Specs, folders and options

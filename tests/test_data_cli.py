@@ -152,7 +152,8 @@ def test_resume_after_interruption_gives_identical_set(tmp_path: Path) -> None:
     manifest = (tmp_path / "once" / "manifest.jsonl").read_text()
     assert (tmp_path / "resumed" / "manifest.jsonl").read_text() == manifest
     for record in map(json.loads, manifest.splitlines()):
-        assert (tmp_path / "resumed" / record["audio"]).read_bytes() == (tmp_path / "once" / record["audio"]).read_bytes()
+        assert ((tmp_path / "resumed" / record["audio"]).read_bytes()
+                == (tmp_path / "once" / record["audio"]).read_bytes())
 
 
 def test_help_explains_the_commands() -> None:

@@ -26,7 +26,8 @@ def test_sites_the_eraser_was_not_fitted_at_are_refused_in_one_line(sentiment_se
     cache, eraser = tmp_path / "cache", tmp_path / "e.safetensors"
     assert run_cli("extract", "--model", "tiny-ultravox", "--data", sentiment_set, "--out", cache,
                    "--sites", "llm.layers.0", "--dtype", "float32", "--limit", "8").returncode == 0
-    assert run_cli("erase", "fit", cache, "--data", sentiment_set, "--concept", "energy", "--out", eraser).returncode == 0
+    fitted = run_cli("erase", "fit", cache, "--data", sentiment_set, "--concept", "energy", "--out", eraser)
+    assert fitted.returncode == 0
     refused = run_cli("erase", "eval", "--model", "tiny-ultravox", "--data", sentiment_set, "--eraser", eraser,
                       "--sites", "llm.layers.2", "--out", tmp_path / "run", "--limit", "2")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr

@@ -17,7 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from activations import AUDIO, TEXT, ActivationCache, CacheHeader, CacheWriter, ItemMeta, ItemRows
 from interp.data.audio import SAMPLE_RATE, write_wav
 from interp.data.manifest import MANIFEST, Item, Source, Speech, SpokenSet, Word
-from interp.erasure import Eraser, SiteEraser, apply_eraser, concept_labels, evaluate_erasure, fit_eraser
+from interp.erasure import Eraser, SiteEraser, apply_eraser, concept_labels, fit_eraser
+from interp.erasure_eval import evaluate_erasure
 from interp.errors import InterpError
 from interp.models.tiny import tiny_qwen2_audio, tiny_tokenizer, tiny_ultravox
 from probes.targets import bag_of_characters
@@ -128,8 +129,9 @@ def test_text_and_chars_labels_follow_word_timings(synthetic: Synthetic, tokeniz
     names = [(("the",) + VOCAB)[w] if w >= 0 else None for w in synthetic.word_of_row]
     for row in np.flatnonzero(text.keep):
         column = text.columns[int(text.z[row].argmax())]
-        expected = "other" if names[row] is None else tokenizer.convert_ids_to_tokens(
-            tokenizer(names[row] if names[row] == "the" else " " + names[row], add_special_tokens=False)["input_ids"][0])
+        said = None if names[row] is None else names[row] if names[row] == "the" else " " + names[row]
+        expected = "other" if said is None else tokenizer.convert_ids_to_tokens(
+            tokenizer(said, add_special_tokens=False)["input_ids"][0])
         assert column == "other" if expected == "other" else column.endswith(":" + expected), (row, column, expected)
     assert text.info["silent_rows"] == int((synthetic.word_of_row == -1).sum())
 
@@ -241,7 +243,8 @@ def test_only_audio_positions_change_by_default(text_eraser: Eraser, model) -> N
     # at the hooked site itself, every non-audio position is passed through bit for bit
     assert torch.equal(before["llm.layers.0"][~audio], after["llm.layers.0"][~audio])
     assert (before["llm.layers.0"][audio] - after["llm.layers.0"][audio]).abs().amax(-1).min() > 0
-    torch.testing.assert_close(after["llm.layers.0"][audio], text_eraser.sites["llm.layers.0"](before["llm.layers.0"][audio]))
+    torch.testing.assert_close(after["llm.layers.0"][audio],
+                               text_eraser.sites["llm.layers.0"](before["llm.layers.0"][audio]))
     assert not torch.equal(plain[audio], erased[audio])
     with apply_eraser(model, text_eraser, sites="llm.layers.0", positions="all"):
         _, everywhere = _forward(model, batch, names)
@@ -261,6 +264,24 @@ def test_direct_forward_needs_the_batch_named(text_eraser: Eraser, model) -> Non
         with active.batch(batch), torch.no_grad():
             direct = model.model(**batch.inputs).logits
     assert torch.equal(direct, reference)
+
+
+def test_hooks_learn_the_audio_mask_from_the_adapters_batches_without_wrapping_it(text_eraser: Eraser, model) -> None:
+    """Inside the block the adapter's methods are its class's own; a batch it builds is the one the next direct pass
+    erases; nothing of the block stays on the instance."""
+    before = dict(vars(model))
+    batch, audio = _batch(model)
+    reference = model.logits(batch)
+    with apply_eraser(model, text_eraser) as active:
+        assert all(getattr(model, name).__func__ is getattr(type(model), name)
+                   for name in ("logits", "prepare", "_encode", "score_choices", "generate"))
+        erased = model.logits(batch)
+        rebuilt = model.prepare(audio, ["Review: <|audio|>\nAnswer:"] * len(audio))
+        with torch.no_grad():
+            direct = model.model(**rebuilt.inputs).logits
+        assert active.audio is not None
+    assert torch.equal(direct, erased) and not torch.equal(erased, reference)
+    assert vars(model).keys() == before.keys()
 
 
 @pytest.fixture(scope="module")
@@ -427,7 +448,7 @@ def test_trace_constrained_factors_are_compacted_and_ranked() -> None:
     perturbation's columns and the rank is still the number of concept directions."""
     from concept_erasure import LeaceEraser
 
-    from interp.erasure import _site_eraser_from_fitter
+    from interp.erasure.fitter import _site_eraser_from_fitter
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(500, 12, generator=g, dtype=torch.float64)

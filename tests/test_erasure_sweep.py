@@ -1,4 +1,4 @@
-"""scripts/erasure_sweep.py end to end on tiny-ultravox: table, figure, and a rerun that recomputes nothing."""
+"""`interp erase sweep` end to end on tiny-ultravox: table, figure, and a rerun that recomputes nothing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from tests.helpers import load_script
+from tests.helpers import run_cli
 
 
 def _outputs(run: Path) -> dict[Path, int]:
@@ -18,14 +18,22 @@ def _outputs(run: Path) -> dict[Path, int]:
     return {path: path.stat().st_mtime_ns for path in run.rglob("*") if path.is_file() and computed(path)}
 
 
-def test_sweep_writes_table_and_figure_and_resumes_without_recomputing(sentiment_set, tmp_path, capsys) -> None:
-    sweep = load_script("erasure_sweep")
+def _sweep_lines(stderr: str) -> list[str]:
+    """What the sweep said it reused and computed (its INFO log lines on stderr), without the log prefix."""
+    prefix = "INFO interp.erasure_sweep"
+    return [line.split(": ", 1)[1] for line in stderr.splitlines() if line.startswith(prefix)]
+
+
+def test_sweep_writes_table_and_figure_and_resumes_without_recomputing(sentiment_set, tmp_path) -> None:
     run = tmp_path / "run"
-    argv = ["--model", "tiny-ultravox", "--sets", str(sentiment_set), "--out", str(run), "--concepts", "boc,random",
-            "--layer-sets", "0-1", "--limit", "12"]
-    assert sweep.main(argv) == 0
-    first = capsys.readouterr().out
-    assert "fit on 6, evaluate on 6 (disjoint halves)" in first and "extracted 12 items" in first
+    argv = ["--threads", "1", "erase", "sweep", sentiment_set, "--model", "tiny-ultravox", "--out", run,
+            "--concepts", "boc,random", "--layer-sets", "0-1", "--limit", "12"]
+    result = run_cli(*argv)
+    assert result.returncode == 0, result.stderr
+    said = _sweep_lines(result.stderr)
+    assert any("fit on 6, evaluate on 6 (disjoint halves)" in line for line in said), said
+    assert any(line.startswith("extracted 12 items") for line in said), said
+    assert "random" in result.stdout.splitlines()[-1]  # the table, last
 
     with (run / "sweep.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -51,26 +59,25 @@ def test_sweep_writes_table_and_figure_and_resumes_without_recomputing(sentiment
 
     before = _outputs(run)
     assert len(before) >= 9
-    assert sweep.main(argv) == 0
-    second = capsys.readouterr().out
+    again = run_cli(*argv)
+    assert again.returncode == 0, again.stderr
     assert _outputs(run) == before
+    said = _sweep_lines(again.stderr)
     assert not any(line.startswith(("extracted", "fitted", "clean baseline", "boc at", "random at"))
-                   for line in second.splitlines()), second
-    assert second.count("skip:") == 6  # cache, clean run, 2 erasers, 2 erased runs
-    assert "random" in second.splitlines()[-1]  # the table is printed again, last
+                   for line in said), said
+    assert sum(line.startswith("skip:") for line in said) == 6  # cache, clean run, 2 erasers, 2 erased runs
+    assert "random" in again.stdout.splitlines()[-1]  # the table is printed again, last
 
 
-def test_sweep_refuses_another_split_in_the_same_run_in_one_line(sentiment_set, tmp_path, capsys) -> None:
-    sweep = load_script("erasure_sweep")
+def test_sweep_refuses_another_split_in_the_same_run_in_one_line(sentiment_set, tmp_path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     (run / "sweep_config.json").write_text(json.dumps({"model": "tiny-ultravox", "limit": 12, "split": "none",
                                                        "seed": 0, "positions": "audio", "random_match": "text",
                                                        "text_classes": 32, "dtype": "float32"}))
-    argv = ["--model", "tiny-ultravox", "--sets", str(sentiment_set), "--out", str(run), "--concepts", "boc",
+    argv = ["erase", "sweep", sentiment_set, "--model", "tiny-ultravox", "--out", run, "--concepts", "boc",
             "--layer-sets", "0", "--limit", "12"]
-    assert sweep.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "split 'none'" in err
-    assert sweep.main(argv[:-6] + ["--concepts", "nope", "--layer-sets", "0"]) == 2
-    assert "unknown concept 'nope'" in capsys.readouterr().err
+    result = run_cli(*argv)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "split 'none'" in result.stderr
+    result = run_cli(*argv[:-6], "--concepts", "nope", "--layer-sets", "0")
+    assert result.returncode == 2 and "unknown concept 'nope'" in result.stderr

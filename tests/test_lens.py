@@ -13,13 +13,25 @@ import torch
 
 from activations import ActivationCache, CacheHeader, CacheWriter, ItemMeta, ItemRows
 from activations.extract import extract, plan_extraction
-from interp.behavior import read_predictions, read_sidecar, run_summary
+from interp.behavior import read_predictions, read_sidecar, run_summary, run_system
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
-from interp.lens import TokenNormalizer, implicit_cascade_llm, lens_report, lens_text, logit_lens, precision_figure, run_implicit_cascade, score_lens, strip_figure, token_score
-from interp.sites import parse_layers
+from interp.lens import (
+    TokenNormalizer,
+    implicit_cascade,
+    lens_report,
+    lens_text,
+    logit_lens,
+    precision_figure,
+    score_lens,
+    strip_figure,
+    token_score,
+)
+from interp.models.implicit_cascade import ImplicitCascade, implicit_cascade_llm
 from interp.models.mini import load_model
+from interp.sites import parse_layers
 from interp.task_prompts import choose, task_prompt
+from interp.text_metrics import normalize_transcript, word_error_rate
 from tests.helpers import run_cli
 
 ADAPTERS = ["tiny-ultravox", "tiny-qwen2-audio", "tiny-phi4mm"]
@@ -211,16 +223,24 @@ def test_scores_report_and_figures(tiny_cache) -> None:
 # the implicit cascade
 
 
+def _lines(path: Path) -> list[dict]:
+    """The predictions file's lines as written."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def test_implicit_cascade_writes_predictions(tiny_cache, spoken, tmp_path) -> None:
+    """The harness runs the implicit cascade like any system: each line holds the lens text the text LLM read,
+    the answer is the LLM's batch-calibrated choice on that text, and the sidecar records layer, cache and input."""
     model = load_model("tiny-ultravox")
     result = logit_lens(tiny_cache, [2], model=model)
     normalizer = TokenNormalizer(model.tokenizer)
     llm = implicit_cascade_llm(model)
     assert llm.model is model.model.language_model
-    path = run_implicit_cascade(result, spoken, tmp_path / "run", layer=2, llm=llm, normalizer=normalizer,
-                                calibration="batch")
+    system = implicit_cascade(result, spoken, layer=2, llm=llm, normalizer=normalizer)
+    assert isinstance(system, ImplicitCascade) and system.name == "implicit-cascade-L2"
+    path = run_system(system, system.restrict(spoken), tmp_path / "run", system_name=system.name, calibration="batch")
     assert path == tmp_path / "run" / "implicit-cascade-L2" / f"{spoken.root.name}.jsonl"
-    lines = read_predictions(path)
+    lines = _lines(path)
     assert [line["id"] for line in lines] == [item.id for item in spoken.items]
     scores = np.array([line["scores"] for line in lines])
     assert [line["prediction"] for line in lines] == choose(scores, calibration="batch").tolist()
@@ -230,10 +250,38 @@ def test_implicit_cascade_writes_predictions(tiny_cache, spoken, tmp_path) -> No
         assert line["correct"] == (line["prediction"] == spoken.items[index].label)
     assert scores[0] == pytest.approx(llm.score_choices(lines[0]["lens_text"], _prompt(spoken.items[0]),
                                                         list(spoken.items[0].choices)))
-    assert read_sidecar(path.with_suffix(".json"))["status"] == "done"
+    assert len(read_predictions(path)) == len(spoken.items)
+    sidecar = read_sidecar(path.with_suffix(".json"))
+    assert sidecar["status"] == "done" and sidecar["config"]["input"] == "logit-lens text"
+    described = sidecar["config"]["system"]
+    assert (described["class"], described["layer"], described["cache"]) == ("ImplicitCascade", 2, str(tiny_cache))
     assert run_summary(tmp_path / "run")[0]["items"] == len(spoken.items)
     with pytest.raises(InterpError, match="Ultravox"):
         implicit_cascade_llm(load_model("tiny-qwen2-audio"))
+
+
+def test_implicit_cascade_scores_transcription_against_the_real_transcript(tiny_cache, spoken, tmp_path) -> None:
+    """A transcribe item is answered from the lens text but scored against the item's own transcript."""
+    root = tmp_path / "transcribe"
+    (root / "audio").mkdir(parents=True)
+    records = []
+    for item in spoken.items[:4]:
+        record = {**item.to_dict(), "task": "transcribe", "choices": [], "label": [item.transcript]}
+        (root / item.audio).write_bytes(spoken.audio_path(item).read_bytes())
+        records.append(json.dumps(record) + "\n")
+    (root / "manifest.jsonl").write_text("".join(records), encoding="utf-8")
+    transcribe = SpokenSet.open(root)
+    model = load_model("tiny-ultravox")
+    result = logit_lens(tiny_cache, [2], model=model)
+    system = implicit_cascade(result, transcribe, layer=2, llm=implicit_cascade_llm(model),
+                              normalizer=TokenNormalizer(model.tokenizer))
+    lines = _lines(run_system(system, transcribe, tmp_path / "run", system_name=system.name))
+    words = [len(normalize_transcript(item.transcript).split()) for item in transcribe.items]
+    assert [line["ref_words"] for line in lines] == words
+    assert [len(normalize_transcript(line["lens_text"]).split()) for line in lines] != words  # the test can tell
+    for line, item in zip(lines, transcribe.items):
+        assert line["wer"] == pytest.approx(word_error_rate([item.transcript], [line["prediction"]]))
+        assert line["correct"] == (normalize_transcript(line["prediction"]) == normalize_transcript(item.transcript))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def test_csqa_original_nested_format_is_accepted(tmp_path: Path) -> None:
         record = json.loads(line)
         nested.append(json.dumps({"answerKey": record["answerKey"], "id": record["id"], "question": {
             "question_concept": record["question_concept"], "stem": record["question"],
-            "choices": [{"label": l, "text": t} for l, t in zip(record["choices"]["label"], record["choices"]["text"])]}}))
+            "choices": [{"label": label, "text": t}
+                        for label, t in zip(record["choices"]["label"], record["choices"]["text"])]}}))
     path = tmp_path / "dev_nested.jsonl"
     path.write_text("\n".join(nested) + "\n")
     assert import_items("csqa", path) == _items("csqa")[:3]

@@ -49,7 +49,8 @@ def test_noise_excerpt_is_kept_across_snrs_and_differs_across_items(sentiment_se
 
 def test_babble_mix_never_uses_the_item_itself(sentiment_set: Path, tmp_path: Path) -> None:
     """The mixed talkers are six other utterances with other transcripts."""
-    assert run_cli("data", "noise", sentiment_set, "--snr", "5", "--babble", "mix", "--out", tmp_path / "n").returncode == 0
+    assert run_cli("data", "noise", sentiment_set, "--snr", "5", "--babble", "mix",
+                   "--out", tmp_path / "n").returncode == 0
     clean = {item.id: item for item in SpokenSet.open(sentiment_set).items}
     for item in SpokenSet.open(tmp_path / "n" / "snr5").items:
         mixed = item.speech.noise.mixed_ids

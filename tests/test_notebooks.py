@@ -18,8 +18,8 @@ import pytest
 
 from activations import ActivationCache
 from interp.erasure import Eraser
-from probes import PROBES, ProbeReport
 from interp.sites import sort_sites
+from probes import PROBES, ProbeReport
 from tests.helpers import run_cli
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

@@ -10,7 +10,13 @@ import pytest
 from interp.errors import InterpError
 from interp.text_metrics import _word_edits  # an independent Levenshtein, used only as the reference
 from probes.ctc import (
-    CtcItem, choose_frames_per_row, ctc_length, ctc_probe, edit_distance, fit_ctc_probe, greedy_decode,
+    CtcItem,
+    choose_frames_per_row,
+    ctc_length,
+    ctc_probe,
+    edit_distance,
+    fit_ctc_probe,
+    greedy_decode,
 )
 from probes.targets import BLANK, CHARSET, encode_chars
 

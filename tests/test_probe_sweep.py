@@ -18,11 +18,18 @@ from activations import ActivationCache, CacheHeader, CacheWriter, ItemMeta, Ite
 from interp.data.audio import SAMPLE_RATE, write_wav
 from interp.data.manifest import MANIFEST, Item, Source, Speech, SpokenSet
 from interp.errors import InterpError
+from interp.sites import sort_sites
 from probes import (
-    PooledRows, ProbeReport, bag_of_characters, ctc_length, encode_chars, energy_db, pitch_track, probe_figure,
+    PooledRows,
+    ProbeReport,
+    bag_of_characters,
+    ctc_length,
+    encode_chars,
+    energy_db,
+    pitch_track,
+    probe_figure,
 )
 from probes.sweep import run_probes
-from interp.sites import sort_sites
 from tests.test_probe_ctc import WORDS, planted_rows
 
 N_ITEMS = 80

@@ -25,7 +25,8 @@ CONTEXTS = {  # (context, delimiter): a plain few-shot ending, a chat turn's ope
 }
 CHOICES = ["positive", "negative", "Sci/Tech", "not sure at all"]
 
-TINY = {"tiny (ChatML)": tiny_tokenizer, "tiny-llama3": tiny_llama3_tokenizer, "tiny-qwen2-audio": tiny_qwen2_audio_tokenizer,
+TINY = {"tiny (ChatML)": tiny_tokenizer, "tiny-llama3": tiny_llama3_tokenizer,
+        "tiny-qwen2-audio": tiny_qwen2_audio_tokenizer,
         "tiny-phi4mm": tiny_phi4mm_tokenizer}
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp.behavior import EndpointSystem, run_system
+from interp.behavior import run_system
 from interp.data.manifest import SpokenSet
 from interp.errors import InterpError
+from interp.models.endpoint import EndpointSystem, wav_base64
 from interp.models.prompting import PlainPrompt
-from interp.serve import make_server, wav_base64
+from interp.serve import make_server
 from interp.task_prompts import task_prompt
 from tests.helpers import run_cli
 from tests.test_behavior import make_set, sentiment_records
@@ -100,9 +101,9 @@ def test_audio_and_prompt_cross_the_wire_unchanged(served) -> None:
 
 
 def test_tiny_model_served_in_a_thread_answers_as_itself(served) -> None:
-    from interp.models.tiny import tiny_ultravox
-
     import torch
+
+    from interp.models.tiny import tiny_ultravox
 
     model = tiny_ultravox(seed=3)
     # a random tiny LM only ever writes newlines (stripped to ''); an untied random head makes it write text

@@ -13,8 +13,17 @@ from statsmodels.stats.multitest import multipletests
 
 from interp.errors import InterpError
 from interp.stats import (
-    accuracy, accuracy_by_snr, accuracy_with_ci, benjamini_hochberg, bootstrap_ci, bootstrap_indices, cohen_kappa,
-    error_overlap, kappa_with_ci, mcnemar, pairwise_kappa,
+    accuracy,
+    accuracy_by_snr,
+    accuracy_with_ci,
+    benjamini_hochberg,
+    bootstrap_ci,
+    bootstrap_indices,
+    cohen_kappa,
+    error_overlap,
+    kappa_with_ci,
+    mcnemar,
+    pairwise_kappa,
 )
 
 

@@ -15,8 +15,20 @@ import numpy as np
 import pytest
 
 from activations import (
-    MANIFEST, ActivationCache, CacheError, CacheHeader, CacheMismatch, CacheWriter, Float16Overflow, ItemMeta,
-    ItemRows, NonFiniteActivation, export, finalize, info, verify,
+    MANIFEST,
+    ActivationCache,
+    CacheError,
+    CacheHeader,
+    CacheMismatch,
+    CacheWriter,
+    Float16Overflow,
+    ItemMeta,
+    ItemRows,
+    NonFiniteActivation,
+    export,
+    finalize,
+    info,
+    verify,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

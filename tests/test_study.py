@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from interp.errors import InterpError
-from interp.study import STAGES, StudyPlan, run_study, stage_times
+from interp.study import STAGES, StudyPlan, load_plan, run_study, stage_times
 from tests.helpers import load_script, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -143,3 +143,30 @@ def test_demo_command_refuses_an_unknown_stage_in_one_line(tmp_path) -> None:
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
     assert "unknown stage 'nope'" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_the_study_command_runs_a_plan_file_and_reuses_what_the_same_plan_made(study, tmp_path) -> None:
+    """`interp study --plan FILE` reads the plan the library ran: every finished stage of that folder is reused
+    (a plan that differed in any field would be refused), and the stage table is printed."""
+    out, _ = study
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(tiny_plan().to_dict()), encoding="utf-8")
+    result = run_cli("study", "--plan", plan_file, "--out", out)
+    assert result.returncode == 0, result.stderr
+    for stage in STAGES[:-1]:
+        assert re.search(rf"^{stage} +[0-9.]+  \(reused\)$", result.stdout, flags=re.M), result.stdout
+    assert f"report: {out / 'report.html'}" in result.stdout
+
+
+def test_a_toml_plan_reads_as_the_same_plan_and_a_bad_key_is_one_line(tmp_path) -> None:
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('speech_model = "tiny-ultravox"\ncascade = "tiny-llama"\nextra_systems = []\n'
+                         'noisy_sets = ["sentiment"]\nsnrs = [10.0, 0.0]\nanalysis_sets = ["sentiment"]\n'
+                         'concepts = ["text", "random"]\nengine = "espeak"\nbenchmarks = { sst2 = 6 }\n\n'
+                         '[suites]\nsentiment = 8\npitch = 6\n', encoding="utf-8")
+    assert load_plan(plan_file) == tiny_plan()
+    (tmp_path / "bad.json").write_text(json.dumps({"speech_modle": "tiny-ultravox"}), encoding="utf-8")
+    result = run_cli("study", "--plan", tmp_path / "bad.json", "--out", tmp_path / "s")
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "unknown key 'speech_modle'" in result.stderr and "speech_model" in result.stderr
+    assert not (tmp_path / "s").exists()

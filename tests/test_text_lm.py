@@ -70,7 +70,8 @@ def test_oracle_reads_the_gold_transcript(llm) -> None:
     oracle = Oracle(llm)
     assert (oracle.score_choices("i loved it", PROMPT, ["yes", "no"])
             == llm.score_choices("i loved it", PROMPT, ["yes", "no"])).all()
-    assert oracle.generate("i loved it", PROMPT, max_new_tokens=3) == llm.generate("i loved it", PROMPT, max_new_tokens=3)
+    assert (oracle.generate("i loved it", PROMPT, max_new_tokens=3)
+            == llm.generate("i loved it", PROMPT, max_new_tokens=3))
 
 
 def test_prompt_without_placeholder_is_refused(llm) -> None:

@@ -49,10 +49,10 @@ from interp.data.tts import open_engine, settings_from_dict
 from interp.models.mini import load_model
 from interp.provenance import provenance
 from interp.resources import resource_path
-from interp.task_prompts import TASK_PROMPTS
+from interp.task_prompts import task_prompt
 from interp.text_metrics import word_error_rate
 
-REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # the instruction the projector was trained on
+REPEAT_PROMPT = task_prompt("transcribe").prompt  # the instruction the projector was trained on
 
 
 HELD_OUT = "mini_ultravox_heldout.json"  # the shipped projector's held-out split, in experiments/mini_ultravox/data

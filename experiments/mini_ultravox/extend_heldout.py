@@ -23,7 +23,6 @@ import numpy as np
 from experiments.mini_ultravox import DATA
 from experiments.mini_ultravox import train_projector as tp
 
-
 MORE = "mini_ultravox_heldout_more.json"
 
 

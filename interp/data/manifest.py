@@ -140,12 +140,14 @@ class Item(Labelled):
             raise DataError(f"item {self.id}: duration {self.duration} s must be positive")
         if self.choices:
             if not isinstance(self.label, int) or not 0 <= self.label < len(self.choices):
-                raise DataError(f"item {self.id}: label {self.label!r} is not an index into {len(self.choices)} choices")
+                raise DataError(f"item {self.id}: label {self.label!r} is not an index into "
+                                f"{len(self.choices)} choices")
         elif isinstance(self.label, int) or not self.label:
             raise DataError(f"item {self.id}: an open task (no choices) needs its answers as label")
         for word in self.words or ():
             if not 0 <= word.t_start <= word.t_end <= self.duration + _DURATION_TOLERANCE:
-                raise DataError(f"item {self.id}: word {word.text!r} at {word.t_start}-{word.t_end} s is outside the audio")
+                raise DataError(f"item {self.id}: word {word.text!r} at {word.t_start}-{word.t_end} s "
+                                "is outside the audio")
 
 
 def _item_from_dict(record: dict[str, Any]) -> Item:

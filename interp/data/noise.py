@@ -60,7 +60,8 @@ def _excerpt(recording: np.ndarray, length: int, rng: np.random.Generator) -> tu
     return np.resize(np.roll(recording, -offset), length), offset
 
 
-def _babble_mix(spoken: SpokenSet, item: Item, length: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[str, ...]]:
+def _babble_mix(spoken: SpokenSet, item: Item, length: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, tuple[str, ...]]:
     """Sum of _MIX_TALKERS other utterances (different transcripts), each at equal power and a random offset."""
     others = [o for o in spoken.items if o.transcript != item.transcript]
     if len(others) < _MIX_TALKERS:

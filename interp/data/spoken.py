@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 

@@ -93,7 +93,8 @@ class SetWriter:
             raise DataError(f"no items to write to {self.out}")
         stale = self._done - self._ids
         if stale:
-            raise DataError(f"{self.partial} holds ids this run did not make ({sorted(stale)[:3]}…); delete it and rerun")
+            raise DataError(f"{self.partial} holds ids this run did not make ({sorted(stale)[:3]}…); "
+                            "delete it and rerun")
         (self.partial / PROVENANCE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False), encoding="utf-8")
         (self.partial / _CONFIG).unlink()
         if self.out.exists():

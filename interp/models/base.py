@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-
 __all__ = ["AUDIO_PLACEHOLDER", "Site", "SpeechBatch", "SpeechLM", "describe_model", "other_weights", "llm_sites",
            "build_seeded"]
 

@@ -7,15 +7,16 @@ are the same for all, so they live here once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from interp.data.audio import SAMPLE_RATE
-from interp.models.base import SpeechBatch
 from interp.errors import InterpError
+from interp.models.base import SpeechBatch
 from interp.models.prompting import (
     PlainPrompt,
     ScoringError,
@@ -108,6 +109,30 @@ class EncodedSpeechLM(ABC):
     """True where the release's processor gives the template the user's content as typed parts (text, audio,
     text), and the template writes the audio's markup itself (Qwen2-Audio-Instruct, Phi-4-MM)."""
 
+    _batch_listeners: tuple[Callable[[SpeechBatch], None], ...] = ()
+    """Who hears of each batch (`observe_batches`); empty, on the class, unless a block is open."""
+
+    @contextmanager
+    def observe_batches(self, listener: Callable[[SpeechBatch], None]) -> Iterator[None]:
+        """Within the block, listener(batch) hears of every batch this adapter builds (`prepare`, `scoring_batch`)
+        or runs (`logits`), before the model sees it.
+
+        The one hook point for edits at audio positions (activations.audio_positions): they learn each batch's
+        audio_mask here instead of wrapping the adapter's methods. The listener is gone after the block.
+        """
+        self._batch_listeners = (*self._batch_listeners, listener)
+        try:
+            yield
+        finally:
+            self._batch_listeners = tuple(known for known in self._batch_listeners if known is not listener)
+            if not self._batch_listeners:
+                del self._batch_listeners  # back to the class's empty default: no trace on the instance
+
+    def _announce(self, batch: SpeechBatch) -> SpeechBatch:
+        for listener in self._batch_listeners:
+            listener(batch)
+        return batch
+
     def _parts(self, prompt: str) -> tuple[str, str]:
         """(text before, text after) the audio: the prompt through the chat template (a PlainPrompt as written)."""
         if not self._typed_content or isinstance(prompt, PlainPrompt) or not getattr(self.tokenizer,
@@ -145,10 +170,11 @@ class EncodedSpeechLM(ABC):
     @torch.no_grad()
     def logits(self, batch: SpeechBatch) -> Tensor:
         """(batch, seq, vocab) float32: the model's forward on the batch's inputs."""
+        self._announce(batch)
         return self.model(**on_device(batch.inputs, self.model)).logits.float()
 
     def prepare(self, audio: Sequence[np.ndarray], prompts: Sequence[str]) -> SpeechBatch:
-        return self._encode(audio, [self._parts(prompt) for prompt in prompts], [[] for _ in prompts])
+        return self._announce(self._encode(audio, [self._parts(prompt) for prompt in prompts], [[] for _ in prompts]))
 
     def answer_context(self, prompt: str) -> str:
         """The text between the audio and the answer: the context of the continuation split."""
@@ -160,7 +186,7 @@ class EncodedSpeechLM(ABC):
         is the context of lm-evaluation-harness's continuation split (interp.models.prompting)."""
         before, after = self._parts(prompt)
         tail, ids = continuation_ids(self.tokenizer, after, choices, delimiter=choice_delimiter(prompt))
-        batch = self._encode([audio], [(before, after.rstrip())], [[]])
+        batch = self._announce(self._encode([audio], [(before, after.rstrip())], [[]]))
         if tail and batch.input_ids[0, -len(tail):].tolist() != tail:
             raise ScoringError(f"{type(self).__name__} tokenised the text after the audio ({after.rstrip()!r}) "
                                "otherwise than alone, so the answer's tokens cannot be placed after it")

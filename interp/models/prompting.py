@@ -7,7 +7,8 @@ Forced choice is scored as lm-evaluation-harness scores a continuation (`HFLM._e
 keeps no trailing whitespace, which moves to the front of the continuation. The delimiter before the choice is
 " " for a plain prompt ("Answer:" + " positive") and "" for a chat-rendered one, where the answer opens the
 assistant's turn (lm-evaluation-harness sets target_delimiter to "" under apply_chat_template). The continuation's
-tokens are those of context + continuation after the context's own tokens, so the model is scored on a token sequence it would write
+tokens are those of context + continuation after the context's own tokens, so the model is scored on a token
+sequence it would write
 (SmolLM2 writes "Answer: positive" as `Answer`, `:`, ` positive`, never `Answer`, `:`, ` `, `positive`).
 The score of a choice is the SUM of those tokens' log-probabilities (no length normalisation), so longer
 answers are not favoured; tasks keep their choices short and comparable.

@@ -65,7 +65,8 @@ class TextLM:
     def generate(self, text: str, prompt: str, *, max_new_tokens: int = 32) -> str:
         """Greedy answer to the prompt with `text` in the placeholder."""
         input_ids, attention_mask = right_pad([self.prompt_ids(text, prompt)], pad_id=self.pad_id)
-        output = self.model.generate(**on_device({"input_ids": input_ids, "attention_mask": attention_mask}, self.model),
+        output = self.model.generate(**on_device({"input_ids": input_ids, "attention_mask": attention_mask},
+                                                 self.model),
                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
         return self.tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 

@@ -30,9 +30,9 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from interp.models.base import build_seeded
 from interp.models.phi4mm import Phi4MMSpeechLM
 from interp.models.qwen2_audio import Qwen2AudioSpeechLM
-from interp.models.base import build_seeded
 from interp.models.text_lm import TextLM
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM

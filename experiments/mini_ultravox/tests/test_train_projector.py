@@ -134,7 +134,8 @@ def test_toy_run_logs_resumes_exactly_and_exports(tmp_path) -> None:
                  "--fortunes", str(_fortunes(tmp_path / "fortunes")), "--draw-from", "fortune,fortune2"]
     assert tp.main(["--work", str(c), *continued, "--export", str(c / "out.safetensors")])["step"] == 1
     # its card nests the card of the projector it started from
-    assert json.loads((c / "out.json").read_text())["init_card"] == json.loads(exported.with_suffix(".json").read_text())
+    assert (json.loads((c / "out.json").read_text())["init_card"]
+            == json.loads(exported.with_suffix(".json").read_text()))
     grown = tp.training_pool(c)
     assert [it["id"] for it in grown[:len(pool)]] == [it["id"] for it in pool]
     block_2, fortune = grown[len(pool):-3], grown[-3:]

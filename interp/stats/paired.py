@@ -1,16 +1,16 @@
 """Uncertainty and significance for comparing systems answering the same items.
 
 An end-to-end speech LLM and an ASR -> LLM cascade are judged on the same items, so every comparison here is
-paired: bootstrap intervals resample items (one index matrix shared by all systems and pairs), agreement is
-Cohen's kappa, accuracy differences are tested with McNemar's test and many tests are corrected with
-Benjamini-Hochberg. Point values match scikit-learn / statsmodels (tested); the places where a definition had
-to be chosen are stated in each docstring.
+paired: bootstrap intervals resample items (one index matrix shared by all systems and pairs, drawn by
+interp.estimates.bootstrap_indices), agreement is Cohen's kappa, accuracy differences are tested with McNemar's
+test and many tests are corrected with Benjamini-Hochberg. Point values match scikit-learn / statsmodels
+(tested); the places where a definition had to be chosen are stated in each docstring.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,28 +18,21 @@ import numpy as np
 from scipy import stats as _scipy_stats
 
 from interp.errors import InterpError
+from interp.estimates import (
+    Estimate,
+    bootstrap_indices,
+    check_bootstrap,
+    percentile_interval,
+    same_length,
+)
 
 __all__ = [
-    "Estimate", "PairwiseAgreement", "ErrorOverlap", "McNemar", "SnrAccuracy",
-    "accuracy", "accuracy_with_ci", "bootstrap_indices", "bootstrap_ci", "cohen_kappa", "kappa_with_ci",
-    "pairwise_kappa", "error_overlap", "mcnemar", "benjamini_hochberg", "accuracy_by_snr",
+    "PairwiseAgreement", "ErrorOverlap", "McNemar", "SnrAccuracy", "accuracy", "accuracy_with_ci", "cohen_kappa",
+    "kappa_with_ci", "pairwise_kappa", "error_overlap", "mcnemar", "benjamini_hochberg", "accuracy_by_snr",
 ]
 
 _EXACT_BELOW = 25  # McNemar: exact binomial test when b + c is below this, chi-squared otherwise
 _ROWS_PER_CHUNK = 256  # resamples turned into item multiplicities at a time (bounds memory)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A statistic on all n items with its bootstrap percentile interval [low, high].
-
-    low / high are numpy's (linear) quantiles (1 - level) / 2 and (1 + level) / 2 of the resampled statistic.
-    """
-
-    value: float
-    low: float
-    high: float
-    n: int
 
 
 @dataclass(frozen=True)
@@ -113,70 +106,17 @@ def _correct(values: object, name: str) -> np.ndarray:
     return array.astype(bool)
 
 
-def _same_length(arrays: Mapping[str, np.ndarray]) -> int:
-    """The common length of the named arrays; InterpError naming them when they differ."""
-    lengths = {name: len(array) for name, array in arrays.items()}
-    if len(set(lengths.values())) != 1:
-        found = ", ".join(f"{name}={length}" for name, length in lengths.items())
-        raise InterpError(f"one value per item expected, got lengths {found}")
-    return next(iter(lengths.values()))
-
-
-def _check_bootstrap(n_boot: int, level: float) -> None:
-    if n_boot < 1:
-        raise InterpError(f"n_boot must be at least 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise InterpError(f"level must lie strictly between 0 and 1, got {level}")
-
-
-def _interval(draws: np.ndarray, level: float) -> np.ndarray:
-    """Percentile interval per column: rows (low, high) at quantiles (1 - level) / 2 and (1 + level) / 2."""
-    return np.quantile(draws, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
-
-
 def accuracy(correct: object) -> float:
     """Fraction of items answered correctly (`correct` is one boolean per item)."""
     return float(_correct(correct, "correct").mean())
 
 
-def bootstrap_indices(n_items: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """The (n_boot, n_items) item indices of the bootstrap resamples: numpy Generator(seed), with replacement.
-
-    Every interval in this module draws its resamples here, so one seed means the same resamples everywhere.
-    """
-    if n_items < 1:
-        raise InterpError(f"cannot resample {n_items} items")
-    if n_boot < 1:
-        raise InterpError(f"n_boot must be at least 1, got {n_boot}")
-    return np.random.default_rng(seed).integers(0, n_items, size=(n_boot, n_items))
-
-
-def bootstrap_ci(statistic: Callable[..., float], *arrays: object, n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> Estimate:
-    """statistic(*arrays) with a percentile bootstrap interval over items.
-
-    All arrays are indexed by the same item and resampled with the same indices (a paired bootstrap), e.g.
-    `bootstrap_ci(lambda a, b: accuracy(a) - accuracy(b), correct_a, correct_b)`. Calls `statistic` once per
-    resample; `accuracy_with_ci`, `kappa_with_ci` and `pairwise_kappa` are the vectorised forms.
-    """
-    if not arrays:
-        raise InterpError("bootstrap_ci needs at least one array to resample")
-    _check_bootstrap(n_boot, level)
-    data = [np.asarray(array) for array in arrays]
-    if any(array.ndim == 0 for array in data):
-        raise InterpError("bootstrap_ci resamples arrays indexed by item along axis 0, got a scalar")
-    n = _same_length({f"array {i}": array for i, array in enumerate(data)})
-    draws = np.array([statistic(*(array[rows] for array in data)) for rows in bootstrap_indices(n, n_boot, seed)])
-    low, high = _interval(draws, level)
-    return Estimate(float(statistic(*data)), float(low), float(high), n)
-
-
 def accuracy_with_ci(correct: object, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
     """Accuracy with its percentile bootstrap interval (same resamples as `bootstrap_ci(accuracy, correct)`)."""
-    _check_bootstrap(n_boot, level)
+    check_bootstrap(n_boot, level)
     correct = _correct(correct, "correct")
     draws = correct[bootstrap_indices(correct.size, n_boot, seed)].mean(axis=1)
-    low, high = _interval(draws, level)
+    low, high = percentile_interval(draws, level)
     return Estimate(float(correct.mean()), float(low), float(high), correct.size)
 
 
@@ -207,7 +147,7 @@ def cohen_kappa(a: object, b: object) -> float:
     agreement 1 forces observed agreement 1. Empty or unequal-length inputs raise InterpError.
     """
     a, b = _labels(a, "a"), _labels(b, "b")
-    n = _same_length({"a": a, "b": b})
+    n = same_length({"a": a, "b": b})
     (code_a, code_b), k = _encode(a, b)
     chance = np.dot(np.bincount(code_a, minlength=k), np.bincount(code_b, minlength=k))
     return float(_kappa_from_counts(n, np.count_nonzero(code_a == code_b), chance))
@@ -249,12 +189,12 @@ def _kappa_from_sums(sums: np.ndarray, n_items: int, k: int, pairs: list[tuple[i
 
 def kappa_with_ci(a: object, b: object, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
     """`cohen_kappa(a, b)` with a paired percentile bootstrap interval (both raters resampled by item together)."""
-    _check_bootstrap(n_boot, level)
+    check_bootstrap(n_boot, level)
     a, b = _labels(a, "a"), _labels(b, "b")
-    n = _same_length({"a": a, "b": b})
+    n = same_length({"a": a, "b": b})
     codes, k = _encode(a, b)
     sums = _resampled_sums(bootstrap_indices(n, n_boot, seed), _agreement_indicators(codes, k, [(0, 1)]))
-    low, high = _interval(_kappa_from_sums(sums, n, k, [(0, 1)])[:, 0], level)
+    low, high = percentile_interval(_kappa_from_sums(sums, n, k, [(0, 1)])[:, 0], level)
     return Estimate(cohen_kappa(a, b), float(low), float(high), n)
 
 
@@ -267,13 +207,13 @@ def pairwise_kappa(predictions: Mapping[str, object], gold: object, *, n_boot: i
     paired and each accuracy interval equals `accuracy_with_ci(pred == gold, ...)`. Kappa follows `cohen_kappa`.
     Cost: one (n_boot, n_items) x (n_items, n_systems * (n_classes + 1) + n_pairs) matrix product.
     """
-    _check_bootstrap(n_boot, level)
+    check_bootstrap(n_boot, level)
     if len(predictions) < 2:
         raise InterpError(f"pairwise_kappa needs at least two systems, got {len(predictions)}")
     systems = tuple(predictions)
     arrays = {name: _labels(values, f"predictions[{name!r}]") for name, values in predictions.items()}
     gold = _labels(gold, "gold")
-    n = _same_length({"gold": gold, **{f"predictions[{name!r}]": values for name, values in arrays.items()}})
+    n = same_length({"gold": gold, **{f"predictions[{name!r}]": values for name, values in arrays.items()}})
     (*codes, gold_codes), k = _encode(*arrays.values(), gold)
     index_pairs = list(itertools.combinations(range(len(systems)), 2))
     correct = np.stack(codes, axis=1) == gold_codes[:, None]
@@ -288,7 +228,7 @@ def pairwise_kappa(predictions: Mapping[str, object], gold: object, *, n_boot: i
 
     def estimates(values: np.ndarray, names: Sequence[Any]) -> dict[Any, Estimate]:
         """Row 0 as the values, rows 1.. as the draws, one column per name."""
-        low, high = _interval(values[1:], level)
+        low, high = percentile_interval(values[1:], level)
         return {name: Estimate(float(values[0, c]), float(low[c]), float(high[c]), n)
                 for c, name in enumerate(names)}
 
@@ -312,7 +252,7 @@ def error_overlap(pred_a: object, pred_b: object, gold: object, n_choices: int) 
     if n_choices < 2:
         raise InterpError(f"n_choices must be at least 2 for a wrong answer to exist, got {n_choices}")
     pred_a, pred_b, gold = _labels(pred_a, "pred_a"), _labels(pred_b, "pred_b"), _labels(gold, "gold")
-    _same_length({"pred_a": pred_a, "pred_b": pred_b, "gold": gold})
+    same_length({"pred_a": pred_a, "pred_b": pred_b, "gold": gold})
     both_wrong = (pred_a != gold) & (pred_b != gold)
     n_both = int(np.count_nonzero(both_wrong))
     value = float(np.mean(pred_a[both_wrong] == pred_b[both_wrong])) if n_both else float("nan")
@@ -329,7 +269,7 @@ def mcnemar(correct_a: object, correct_b: object) -> McNemar:
     `mcnemar(table, exact=True)` and `mcnemar(table, exact=False, correction=True)`.
     """
     correct_a, correct_b = _correct(correct_a, "correct_a"), _correct(correct_b, "correct_b")
-    _same_length({"correct_a": correct_a, "correct_b": correct_b})
+    same_length({"correct_a": correct_a, "correct_b": correct_b})
     b = int(np.count_nonzero(correct_a & ~correct_b))
     c = int(np.count_nonzero(~correct_a & correct_b))
     if b + c == 0:

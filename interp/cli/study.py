@@ -1,0 +1,89 @@
+"""`interp demo` (the study in miniature on the mini stack) and `interp study --plan FILE` (the same stages as a
+plan file describes them)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from interp.cli.options import bar
+
+if TYPE_CHECKING:
+    from interp.study import StageResult, StudyPlan
+
+__all__ = ["demo_command", "study_command"]
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo"), "--out", help="The study folder (created; a rerun reuses finished "
+                             "stages)."),
+    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
+                               "sets, behaviour, caches, probes, lens, erasure, stats, report."),
+    suite_items: int = typer.Option(24, help="Items per built-in suite (sentiment, topic, pitch, rate)."),
+    benchmark_items: int = typer.Option(80, help="Items of the SST-2 and AG News subsets (spoken by TTS); 200 "
+                                        "with --suite-items 40 took 35 min on 2 cores instead of 20."),
+    threads: int = typer.Option(2, help="Torch threads."),
+    seed: int = typer.Option(0, help="Seed of the sets, voices, noise, splits and bootstraps."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", metavar="STYLE", help="chat or few-shot (default: "
+                                          "the demo plan's choice, see README)."),
+    calibrate: str = typer.Option("none", "--calibrate", metavar="none|batch",
+                                  help="Calibration of the behaviour stage's forced choices."),
+) -> None:
+    """The whole study in miniature on CPU: mini-ultravox against mini-cascade (same SmolLM2) and the text
+    oracle. Builds the spoken sets (built-in suites, SST-2 and AG News subsets, babble at 20/10/5/0 dB), lets
+    every system answer, caches mini-ultravox's layers, probes them, reads them with the logit lens (and the
+    implicit cascade), erases text / random / acoustic concepts with LEACE, computes the statistics and writes
+    OUT/report.html (self-contained, opens offline). Per-stage and total times are printed at the end."""
+    import torch
+
+    from interp.study import demo_plan
+    from interp.task_prompts import check_calibration, check_prompt_style
+
+    torch.set_num_threads(threads)
+    plan = demo_plan()
+    plan.prompt_style = check_prompt_style(prompts or plan.prompt_style)
+    plan.calibration = check_calibration(calibrate)
+    plan.suites = {task: suite_items for task in plan.suites}
+    plan.benchmarks = {name: benchmark_items for name in plan.benchmarks}
+    plan.seed = seed
+    _run(plan, out, stages, command="interp demo")
+
+
+def study_command(
+    plan_file: Path = typer.Option(..., "--plan", metavar="FILE", help="A StudyPlan as JSON or TOML: its keys are "
+                                   "interp.study.StudyPlan's fields (a key left out keeps the demo's value)."),
+    out: Path = typer.Option(..., "--out", help="The study folder (created; a rerun reuses finished stages)."),
+    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
+                               "sets, behaviour, caches, probes, lens, erasure, stats, report."),
+) -> None:
+    """A whole study as a plan file describes it: the demo's stages on other models, sets and sizes (checkpoint
+    specs name local folders, see `interp models list`). Writes OUT/report.html; per-stage times at the end."""
+    from interp.study import load_plan
+
+    _run(load_plan(plan_file), out, stages, command="interp study")
+
+
+def _run(plan: StudyPlan, out: Path, stages: str, *, command: str) -> None:
+    """Run the study (interp.study.run_study) with bars and the stage lines on stderr, then print its times."""
+    from interp.study import STAGES, run_study
+
+    chosen = list(STAGES) if stages.strip() in ("", "all") else [s.strip() for s in stages.split(",") if s.strip()]
+    for name in ("interp.study", "interp.erasure_sweep"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+    def finished(result: StageResult) -> None:
+        how = "reused" if result.skipped else "done"
+        typer.echo(f"stage {result.stage:10s} {how:6s} {result.seconds:8.1f} s", err=True)
+
+    results = run_study(plan, out, stages=chosen, progress=bar, command=command, on_stage=finished)
+    typer.echo(f"{'stage':12s} {'seconds':>9s}")
+    for result in results:
+        typer.echo(f"{result.stage:12s} {result.seconds:9.1f}" + ("  (reused)" if result.skipped else ""))
+    typer.echo(f"{'this run':12s} {sum(r.seconds for r in results if not r.skipped):9.1f}")
+    if any(r.skipped for r in results):
+        typer.echo(f"{'as made':12s} {sum(r.seconds for r in results):9.1f}  (the reused stages' own seconds included)")
+    if (out / "report.html").is_file():
+        typer.echo(f"report: {out / 'report.html'}")
