@@ -70,16 +70,7 @@ def finalize(path: str | os.PathLike[str]) -> Path:
         raise CacheError(f"{path} holds rank manifests of runs with different writer counts "
                          f"({', '.join(f.name for f in ranks.values())}); remove the stale ones and finalize again")
     world = worlds[0]
-    data = {key: _read_json(file) for key, file in ranks.items()}
-    missing = [_tag(k, world) for k in range(world) if (k, world) not in data]
-    unfinished = [_tag(k, world) for k in range(world) if (k, world) in data and not data[(k, world)].get("complete")]
-    if missing or unfinished:
-        parts = []
-        if missing:
-            parts.append(f"rank(s) {', '.join(missing)} missing (no manifest)")
-        if unfinished:
-            parts.append(f"rank(s) {', '.join(unfinished)} unfinished (writer did not close)")
-        raise CacheError(f"cannot finalize {path}: {'; '.join(parts)}; run them and finalize again")
+    data = _closed_ranks(path, ranks, world)
     headers = {key: CacheHeader.from_dict(d.get("header", {}), source=ranks[key]) for key, d in data.items()}
     header = headers[(0, world)]
     digest = header.digest()
@@ -115,6 +106,21 @@ def finalize(path: str | os.PathLike[str]) -> Path:
         file.unlink()
     _log.info("%s: merged %d rank manifests (%d shards, %d items)", path, len(ranks), len(entries), len(owner))
     return main
+
+
+def _closed_ranks(path: Path, ranks: dict[tuple[int, int], Path], world: int) -> dict[tuple[int, int], dict]:
+    """Each rank's manifest, by (rank, world); CacheError naming the ranks missing or not closed."""
+    data = {key: _read_json(file) for key, file in ranks.items()}
+    missing = [_tag(k, world) for k in range(world) if (k, world) not in data]
+    unfinished = [_tag(k, world) for k in range(world) if (k, world) in data and not data[(k, world)].get("complete")]
+    if missing or unfinished:
+        parts = []
+        if missing:
+            parts.append(f"rank(s) {', '.join(missing)} missing (no manifest)")
+        if unfinished:
+            parts.append(f"rank(s) {', '.join(unfinished)} unfinished (writer did not close)")
+        raise CacheError(f"cannot finalize {path}: {'; '.join(parts)}; run them and finalize again")
+    return data
 
 
 @dataclass

@@ -306,13 +306,14 @@ def _erasure_section(out: Path, figures: _Figures) -> str:
     path = out / "erasure" / "sweep.json"
     document = json.loads(path.read_text(encoding="utf-8"))
     rows = [[r["set"], r["concept"], r["layers"], r["rank_mean"], f"{r['share_of_d']:.1%}",
+             "-" if r.get("variance_removed") is None else f"{r['variance_removed']:.1%}",
              _interval({"value": r["accuracy"], "low": r["ci_low"], "high": r["ci_high"]}),
              None if not r["layers"] else f"{r['delta']:+.3f} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]",
              r["chance"], r["n_items"]] for r in document["rows"]]
     return ("<h2 id='erasure'>LEACE erasure</h2><p>" + html.escape(document["header"]) + ".</p>"
             + figures(sweep_figure(document["rows"], document["header"]))
-            + _table(["set", "concept", "layers", "rank/layer", "share of d", "accuracy [95% CI]", "Δ vs clean",
-                      "chance", "items"], rows) + _paper("erasure") + _source(out, [path], "erasure"))
+            + _table(["set", "concept", "layers", "rank/layer", "share of d", "variance removed", "accuracy [95% CI]",
+                      "Δ vs clean", "chance", "items"], rows) + _paper("erasure") + _source(out, [path], "erasure"))
 
 
 def write_study_report(out: Path, stage_seconds: dict[str, float]) -> Path:

@@ -190,11 +190,30 @@ def test_leace_erases_the_concept_on_held_out_items_and_random_of_same_rank_does
     torch.testing.assert_close(basis.mT @ basis, torch.eye(5), atol=1e-5, rtol=0)
 
 
+def test_variance_removed_is_the_drop_in_total_variance_of_the_fitted_rows(synthetic: Synthetic, tokenizer) -> None:
+    """Recomputed from the rows themselves (numpy, ddof=1): 1 − total variance after / before, for LEACE and for
+    whitened and raw random controls; and it says what rank does not (same rank, different variance)."""
+    cache, site = synthetic.cache, "llm.layers.0"
+    labels = concept_labels(cache, synthetic.spoken, "text", tokenizer=tokenizer)
+    x = torch.from_numpy(cache.read(site)).double()[labels.keep]
+    removed = {}
+    fits = {"text": ("text", None, "whitened"), "whitened": ("random", "text", "whitened"),
+            "raw": ("random", "text", "raw")}
+    for name, (concept, match, space) in fits.items():
+        eraser = fit_eraser(cache, synthetic.spoken, concept, [site], match=match, random_space=space,
+                            tokenizer=tokenizer).sites[site]
+        reference = 1 - eraser(x).numpy().var(axis=0, ddof=1).sum() / x.numpy().var(axis=0, ddof=1).sum()
+        assert eraser.variance_removed == pytest.approx(reference, abs=1e-6), name
+        removed[name] = eraser.variance_removed
+    assert removed["text"] > 2 * removed["whitened"] > 0  # the planted words carry most of the variance
+
+
 def test_describe_reports_rank_and_share_of_d(text_eraser: Eraser) -> None:
     text = text_eraser.describe()
     for entry in text_eraser.summary():
         assert entry["rank"] <= len(VOCAB) + 1 and entry["share"] == pytest.approx(entry["rank"] / D)
         assert entry["site"] in text and f"{entry['share']:.2%}" in text
+        assert f"{entry['variance_removed']:.2%}" in text
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ merge the shards of several workers, export)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,8 +27,6 @@ cache_app = typer.Typer(help="Activation caches: inspect, verify, merge shards o
 
 def _shard(shard: str | None) -> tuple[int, int]:
     """(rank, world) from `--shard k/N`, else from torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    import os
-
     if shard is None:
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
@@ -75,10 +74,7 @@ def extract_command(
     if positions not in POSITIONS:
         raise InterpError(f"--positions {positions!r}: choose one of {', '.join(POSITIONS)}")
     rank, world = _shard(shard)
-    if device.startswith("cuda") and world > 1 and shard is None:
-        import os
-
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    device = _rank_device(device, world=world, torchrun=shard is None)
     spoken = SpokenSet.open(data)
     system = load_system(model, device, model_dtype, device_map)
     plan = plan_extraction(system, sites, positions)
@@ -100,6 +96,13 @@ def extract_command(
     typer.echo(f"cache: {out} ({len(writer.done)} items of rank {rank}/{world}, sites {len(plan.sites)}, {dtype})")
     if world > 1:
         typer.echo(f"when every rank has finished: interp cache finalize {out}")
+
+
+def _rank_device(device: str, *, world: int, torchrun: bool) -> str:
+    """Under torchrun each rank takes the GPU its LOCAL_RANK names; otherwise the device as given."""
+    if device.startswith("cuda") and world > 1 and torchrun:
+        return f"cuda:{os.environ.get('LOCAL_RANK', 0)}"
+    return device
 
 
 @cache_app.command("info")

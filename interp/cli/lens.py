@@ -9,6 +9,7 @@ import typer
 
 from interp.cli.options import DEVICE, MODEL_HELP, PROMPTS, bar, load_system
 from interp.errors import InterpError
+from interp.sites import llm_layers, parse_layers
 
 __all__ = ["lens_command"]
 
@@ -43,7 +44,6 @@ def lens_command(
     from activations import ActivationCache
     from interp.data.manifest import SpokenSet
     from interp.models.implicit_cascade import implicit_cascade_llm
-    from interp.sites import llm_layers, parse_layers
     from interp.study.analyses import ImplicitCascadeRun, write_lens
     from interp.task_prompts import check_prompt_style
 
@@ -54,17 +54,8 @@ def lens_command(
         raise InterpError(f"--top-k must be at least 1, got {top_k}")
     if chunk_rows < 1:
         raise InterpError(f"--chunk-rows must be at least 1, got {chunk_rows}")
-    spoken = None
-    if implicit_cascade is not None:
-        if run is None:
-            raise InterpError("--implicit-cascade needs --run RUN (where its predictions go)")
-        spoken = SpokenSet.open(implicit_cascade)
-        layer = chosen[-1] if layer is None else layer
-        if layer not in llm_layers(opened.sites):
-            parse_layers(str(layer), llm_layers(opened.sites))  # raises, naming the cached layers
-        chosen = sorted(set(chosen) | {layer})
-    elif layer is not None or run is not None:
-        raise InterpError("--layer and --run belong to --implicit-cascade SET")
+    spoken = SpokenSet.open(implicit_cascade) if implicit_cascade is not None else None
+    chosen, layer = _implicit_layer(chosen, llm_layers(opened.sites), spoken=spoken, layer=layer, run=run)
     name = model or opened.header.model_info.get("spec") or opened.model
     system = load_system(name, device, "float32", None)
     implicit = None if spoken is None else ImplicitCascadeRun(spoken, layer, implicit_cascade_llm(system), run,
@@ -76,7 +67,29 @@ def lens_command(
     lensed = write_lens(opened, chosen, model=system, out=out, config=config, implicit=implicit, top_k=top_k,
                         norm=norm, chunk_rows=chunk_rows, strip_items=strip_items, n_boot=n_boot, level=level,
                         seed=seed, figures=figures, progress=bar)
-    report = lensed.report
+    _print_report(lensed.report, cache=cache, name=name, norm=norm, level=level, layer=layer, run=run)
+    for path in lensed.written:
+        typer.echo(f"wrote {path}")
+
+
+def _implicit_layer(chosen: list[int], cached: list[int], *, spoken, layer: int | None,
+                    run: Path | None) -> tuple[list[int], int | None]:
+    """(layers to read, the implicit cascade's layer): its layer (default: the last chosen) is read too; --layer
+    and --run without --implicit-cascade, or --implicit-cascade without --run, are refused."""
+    if spoken is None:
+        if layer is not None or run is not None:
+            raise InterpError("--layer and --run belong to --implicit-cascade SET")
+        return chosen, layer
+    if run is None:
+        raise InterpError("--implicit-cascade needs --run RUN (where its predictions go)")
+    layer = chosen[-1] if layer is None else layer
+    if layer not in cached:
+        parse_layers(str(layer), cached)  # raises, naming the cached layers
+    return sorted(set(chosen) | {layer}), layer
+
+
+def _print_report(report: dict, *, cache: Path, name: str, norm: bool, level: float, layer: int | None,
+                  run: Path | None) -> None:
     typer.echo(f"logit lens of {cache} ({report['n_audio_rows']} audio rows, {report['n_items']} items) with "
                f"{name}'s {'final norm and ' if norm else ''}unembedding, {level:.0%} bootstrap CI")
     typer.echo(f"{'layer':>5s} {'precision':>24s} {'recall':>24s} {'items':>6s}")
@@ -88,5 +101,3 @@ def lens_command(
     if summary is not None:
         typer.echo(f"implicit cascade (L{layer} lens text -> {summary['llm']}): accuracy {summary['accuracy']:.3f} "
                    f"on {summary['n_items']} items -> {summary['predictions']}; compare: interp stats {run}")
-    for path in lensed.written:
-        typer.echo(f"wrote {path}")

@@ -9,9 +9,9 @@ File format
 One safetensors file (no pickle): per site the tensors ``<site>/proj_left`` (d, k), ``<site>/proj_right``
 (k, d) and ``<site>/bias`` (d,) as float32 (LeaceEraser's fields, k = stored columns), and in the file's
 metadata ``format`` = ``cascade-interp eraser``, ``format_version`` and ``erasure``: one JSON document with
-the concept and its definition, per-site d, rank, share and rows, the model and its info, the cache path,
-header digest and dataset, the fitted rows and default positions, the fitter's settings, package versions
-and provenance.
+the concept and its definition, per-site d, rank, share of d, share of raw variance removed and rows, the
+model and its info, the cache path, header digest and dataset, the fitted rows and default positions, the
+fitter's settings, package versions and provenance.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class SiteEraser:
     rank: int
     rows: int = 0
     trace_constrained: bool = False
+    variance_removed: float | None = None
+    """Share of the fitted rows' raw (centred) variance that the edit takes away (fitter.variance_removed): what
+    rank alone does not say, e.g. a whitened random control of LEACE's rank may remove far less."""
     _moved: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor, Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     """The factors on each (device, working dtype) already met, so a hook does not copy them every pass."""
@@ -116,19 +119,22 @@ class Eraser:
         return hashlib.sha256((self.concept + _tensor_digest(self.tensors())).encode()).hexdigest()
 
     def summary(self) -> list[dict[str, Any]]:
-        """Per site: d, rank, share of d removed, stored columns, rows fitted, trace constraint."""
-        return [{"site": name, "d": s.d, "rank": s.rank, "share": s.share, "stored_rank": int(s.proj_left.shape[1]),
-                 "rows": s.rows, "trace_constrained": s.trace_constrained} for name, s in self.sites.items()]
+        """Per site: d, rank, share of d removed, share of the raw variance removed, stored columns, rows fitted,
+        trace constraint."""
+        return [{"site": name, "d": s.d, "rank": s.rank, "share": s.share, "variance_removed": s.variance_removed,
+                 "stored_rank": int(s.proj_left.shape[1]), "rows": s.rows, "trace_constrained": s.trace_constrained}
+                for name, s in self.sites.items()]
 
     def describe(self) -> str:
         """A text table: the concept, then per site its rank and the share of d it removes."""
         lines = [f"eraser: concept {self.concept} ({self.meta.get('method', 'leace')}), model {self.model}, "
                  f"{len(self.sites)} sites"]
-        lines.append(f"{'site':<20s} {'d':>6s} {'rank':>5s} {'share of d':>10s} {'rows':>8s}")
+        lines.append(f"{'site':<20s} {'d':>6s} {'rank':>5s} {'share of d':>10s} {'variance':>9s} {'rows':>8s}")
         for entry in self.summary():
             mark = " (trace-constrained)" if entry["trace_constrained"] else ""
+            removed = "n/a" if entry["variance_removed"] is None else f"{entry['variance_removed']:.2%}"
             lines.append(f"{entry['site']:<20s} {entry['d']:6d} {entry['rank']:5d} {entry['share']:10.2%} "
-                         f"{entry['rows']:8d}{mark}")
+                         f"{removed:>9s} {entry['rows']:8d}{mark}")
         return "\n".join(lines)
 
     def save(self, path: str | Path) -> Path:
@@ -183,5 +189,7 @@ def _site_of(name: str, entry: Mapping[str, Any], tensors: Mapping[str, Tensor])
     if right.shape != (k, d) or bias.shape != (d,) or d != int(entry["d"]):
         raise ValueError(f"site {name}: tensor shapes {tuple(left.shape)}, {tuple(right.shape)}, "
                          f"{tuple(bias.shape)} disagree with d {entry['d']}")
+    removed = entry.get("variance_removed")
     return SiteEraser(left, right, bias, rank=int(entry["rank"]), rows=int(entry.get("rows", 0)),
-                      trace_constrained=bool(entry.get("trace_constrained", False)))
+                      trace_constrained=bool(entry.get("trace_constrained", False)),
+                      variance_removed=None if removed is None else float(removed))

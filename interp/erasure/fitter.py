@@ -17,6 +17,7 @@ remove exactly r of the d whitened dimensions (share r/d): the only difference i
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -55,12 +56,30 @@ class SiteFitter:
 
     def leace(self) -> SiteEraser:
         """The LEACE eraser of the rows seen so far."""
-        return _site_eraser_from_fitter(self.leace_fitter, self.rows)
+        return self._measured(_site_eraser_from_fitter(self.leace_fitter, self.rows))
 
     def random(self, rank: int, *, seed: int, site: str, space: RandomSpace) -> SiteEraser:
         """The control: `rank` seeded random directions of the site (seed and site name pick them) removed in the
         whitened (or raw) space of the rows seen so far, about their mean."""
-        return _random_site_eraser(self.leace_fitter, rank, seed=seed, site=site, space=space, rows=self.rows)
+        return self._measured(_random_site_eraser(self.leace_fitter, rank, seed=seed, site=site, space=space,
+                                                  rows=self.rows))
+
+    def variance_removed(self, eraser: SiteEraser) -> float:
+        """Share of the rows' raw centred variance the edit takes away: 1 − tr(A S Aᵀ) / tr(S), A = I − L R, S the
+        unshrunk sample covariance. Computed through the rank-k factors: O(d²k), no d × d product of factors."""
+        fitter = self.leace_fitter
+        covariance = (fitter.sigma_xx_ + fitter.sigma_xx_.mH) / 2 / max(int(fitter.n) - 1, 1)
+        total = covariance.trace()
+        if eraser.proj_left.shape[1] == 0 or total <= 0:
+            return 0.0
+        left, right = eraser.proj_left.double(), eraser.proj_right.double()
+        right_s = right @ covariance  # (k, d)
+        cross = (right_s @ left).trace()  # tr(L R S)
+        quadratic = ((left.mT @ left) * (right_s @ right.mT)).sum()  # tr(Lᵀ L R S Rᵀ)
+        return float((2 * cross - quadratic) / total)
+
+    def _measured(self, eraser: SiteEraser) -> SiteEraser:
+        return replace(eraser, variance_removed=self.variance_removed(eraser))
 
 
 def _whitening(fitter: LeaceFitter) -> tuple[Tensor, Tensor]:

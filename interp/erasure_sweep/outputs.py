@@ -1,8 +1,8 @@
 """A sweep's results: one row per (set, task, concept, layer set), the text table, the figure and the three files.
 
-Rows: set, task, concept, layers, mean rank per layer, share of d, accuracy with 95 % bootstrap CI, Δ vs clean
-with paired bootstrap CI, chance level. Files, each written atomically: RUN/sweep.csv, RUN/sweep.json (rows plus
-config and provenance) and RUN/sweep.html (plotly, self-contained).
+Rows: set, task, concept, layers, mean rank per layer, share of d, share of the raw variance removed, accuracy
+with 95 % bootstrap CI, Δ vs clean with paired bootstrap CI, chance level. Files, each written atomically:
+RUN/sweep.csv, RUN/sweep.json (rows plus config and provenance) and RUN/sweep.html (plotly, self-contained).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ErasedRun", "COLUMNS", "rows_for_set", "header_line", "format_table", "sweep_figure", "write_outputs"]
 
-COLUMNS = ("set", "task", "concept", "layers", "sites", "rank_mean", "share_of_d", "accuracy", "ci_low", "ci_high",
-           "delta", "delta_low", "delta_high", "clean_accuracy", "chance", "n_items", "fit_items", "eval_items")
+COLUMNS = ("set", "task", "concept", "layers", "sites", "rank_mean", "share_of_d", "variance_removed", "accuracy",
+           "ci_low", "ci_high", "delta", "delta_low", "delta_high", "clean_accuracy", "chance", "n_items", "fit_items",
+           "eval_items")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ def _records_by_task(path: Path) -> dict[str, dict[str, Prediction]]:
     return out
 
 
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """The mean over sites; None where an eraser file predates the measure."""
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
 def _erased_row(run: ErasedRun, task: str, ids: list[str], clean_correct: np.ndarray, seed: int) -> dict[str, Any]:
     records = _records_by_task(run.path).get(task, {})
     if set(records) != set(ids):
@@ -62,6 +68,7 @@ def _erased_row(run: ErasedRun, task: str, ids: list[str], clean_correct: np.nda
     return {"concept": run.concept, "layers": run.label, "sites": len(summary),
             "rank_mean": float(np.mean([s["rank"] for s in summary])),
             "share_of_d": float(np.mean([s["share"] for s in summary])),
+            "variance_removed": _mean_or_none([s["variance_removed"] for s in summary]),
             "accuracy": estimate.value, "ci_low": estimate.low, "ci_high": estimate.high,
             "delta": delta.value, "delta_low": delta.low, "delta_high": delta.high}
 
@@ -79,8 +86,8 @@ def rows_for_set(set_name: str, clean_path: Path, erased: list[ErasedRun], fit_i
         common = {"set": set_name, "task": task, "n_items": len(ids), "fit_items": fit_items,
                   "eval_items": eval_items, "chance": chance, "clean_accuracy": base.value}
         rows.append({**common, "concept": "none (clean)", "layers": "", "sites": 0, "rank_mean": 0.0,
-                     "share_of_d": 0.0, "accuracy": base.value, "ci_low": base.low, "ci_high": base.high,
-                     "delta": 0.0, "delta_low": 0.0, "delta_high": 0.0})
+                     "share_of_d": 0.0, "variance_removed": 0.0, "accuracy": base.value, "ci_low": base.low,
+                     "ci_high": base.high, "delta": 0.0, "delta_low": 0.0, "delta_high": 0.0})
         rows.extend({**common, **_erased_row(run, task, ids, clean_correct, seed)} for run in erased)
     return rows
 
@@ -100,12 +107,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return "-" if value is None else format(value, spec)
 
     lines = [f"{'set':<14s} {'task':<10s} {'concept':<13s} {'layers':<8s} {'rank/layer':>10s} {'share d':>8s} "
-             f"{'accuracy [95% CI]':>22s} {'Δ vs clean [95% CI]':>25s} {'chance':>6s} {'n':>4s}"]
+             f"{'var.':>6s} {'accuracy [95% CI]':>22s} {'Δ vs clean [95% CI]':>25s} {'chance':>6s} {'n':>4s}"]
     for r in rows:
         acc = f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         delta = "" if not r["layers"] else f"{r['delta']:+.3f} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]"
         lines.append(f"{r['set'][:14]:<14s} {r['task'][:10]:<10s} {r['concept']:<13s} {r['layers']:<8s} "
-                     f"{r['rank_mean']:10.1f} {r['share_of_d']:8.2%} {acc:>22s} {delta:>25s} "
+                     f"{r['rank_mean']:10.1f} {r['share_of_d']:8.2%} {num(r['variance_removed'], '.1%'):>6s} "
+                     f"{acc:>22s} {delta:>25s} "
                      f"{num(r['chance'], '.3f'):>6s} {r['n_items']:4d}")
     return "\n".join(lines)
 

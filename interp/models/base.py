@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["AUDIO_PLACEHOLDER", "Site", "SpeechBatch", "SpeechLM", "describe_model", "other_weights", "llm_sites",
-           "build_seeded"]
+           "build_seeded", "CausalLMReadout"]
 
 AUDIO_PLACEHOLDER = "<|audio|>"
 """Where the audio goes in a prompt. An end-to-end model puts its audio embeddings there; a cascade
@@ -103,6 +103,21 @@ def llm_sites(layers: Sequence[nn.Module]) -> dict[str, Site]:
     table = {"llm.embed": Site("llm.embed", layers[0], take="input")}
     table.update({f"llm.layers.{i}": Site(f"llm.layers.{i}", layer) for i, layer in enumerate(layers)})
     return table
+
+
+class CausalLMReadout:
+    """`final_norm` and `unembed` of a transformers *ForCausalLM whose decoder sits at `.model` (Llama, Qwen2,
+    Phi-3/4, Gemma-3): what the logit lens reads, for adapters that hold such a model as `self.model`."""
+
+    model: nn.Module
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.model.norm
+
+    @property
+    def unembed(self) -> nn.Module:
+        return self.model.lm_head
 
 
 _Built = TypeVar("_Built")

@@ -9,19 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from torch import nn
 from transformers import Phi4MultimodalFeatureExtractor, Phi4MultimodalForCausalLM, PreTrainedTokenizerBase
 
 from interp.data.audio import SAMPLE_RATE
 from interp.errors import InterpError
-from interp.models.base import Site, SpeechBatch, llm_sites
+from interp.models.base import CausalLMReadout, Site, SpeechBatch, llm_sites
 from interp.models.encoded import EncodedSpeechLM, audio_spans, durations, right_pad
 from interp.models.prompting import with_bos
 
 __all__ = ["Phi4MMSpeechLM"]
 
 
-class Phi4MMSpeechLM(EncodedSpeechLM):
+class Phi4MMSpeechLM(CausalLMReadout, EncodedSpeechLM):
     """A Phi4MultimodalForCausalLM with its tokenizer and audio feature extractor, as a SpeechLM.
 
     The model's own audio token is `<|audio|>`, the project's placeholder too. It is expanded here to
@@ -95,11 +94,3 @@ class Phi4MMSpeechLM(EncodedSpeechLM):
         table["projector"] = Site("projector", speech.down_proj_for_speech, seconds_per_row=self._row_seconds)
         table.update(llm_sites(llm.layers))
         return table
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.model.norm
-
-    @property
-    def unembed(self) -> nn.Module:
-        return self.model.lm_head

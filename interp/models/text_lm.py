@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from interp.models.base import Site, llm_sites
+from interp.models.base import CausalLMReadout, Site, llm_sites
 from interp.models.encoded import on_device, right_pad, score_after_prompt
 from interp.models.prompting import (
     chat_text,
@@ -27,7 +26,7 @@ from interp.models.prompting import (
 __all__ = ["TextLM"]
 
 
-class TextLM:
+class TextLM(CausalLMReadout):
     """A causal LM with its tokenizer. `text` replaces the prompt's AUDIO_PLACEHOLDER."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, name: str) -> None:
@@ -72,12 +71,4 @@ class TextLM:
 
     def sites(self) -> dict[str, Site]:
         return llm_sites(self.model.model.layers)
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.model.norm
-
-    @property
-    def unembed(self) -> nn.Module:
-        return self.model.lm_head
 
