@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("interp.errors", "interp.io", "interp.sites", "interp.provenance", "interp.estimates", "interp.text_metrics",
      "interp.task_prompts", "interp.resources", "interp.data", "interp.models", "interp"),
     ("activations",),
-    ("probes", "interp.lens", "interp.erasure"),
+    ("probes", "interp.lens", "interp.erasure", "interp.compare_text", "interp.trace"),
     ("interp.behavior", "interp.stats", "interp.serve", "interp.erasure_eval"),
     ("interp.study", "interp.report", "interp.cli", "interp.erasure_sweep", "interp.__main__"),
 ]
