@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from interp.erasure import Eraser
 from tests.helpers import run_cli
 
 
@@ -15,6 +16,13 @@ def test_fit_then_eval_writes_an_eraser_and_behaviour_predictions(sentiment_set,
     fitted = run_cli("erase", "fit", cache, "--data", sentiment_set, "--concept", "boc", "--out", eraser)
     assert fitted.returncode == 0, fitted.stderr
     assert "llm.layers.0" in fitted.stdout and "llm.layers.1" in fitted.stdout and eraser.is_file()
+    control = tmp_path / "random-var.safetensors"  # the variance-matched control of the boc eraser
+    matched = run_cli("erase", "fit", cache, "--data", sentiment_set, "--concept", "random", "--match", "boc",
+                      "--match-by", "variance", "--random-space", "raw", "--out", control)
+    assert matched.returncode == 0, matched.stderr
+    removed = {name: site.variance_removed for name, site in Eraser.load(eraser).sites.items()}
+    for name, site in Eraser.load(control).sites.items():
+        assert site.variance_removed >= removed[name] and f"{site.variance_removed:.2%}" in matched.stdout
     evaluated = run_cli("erase", "eval", "--model", "tiny-ultravox", "--data", sentiment_set, "--eraser", eraser,
                         "--out", run, "--limit", "6")
     assert evaluated.returncode == 0, evaluated.stderr

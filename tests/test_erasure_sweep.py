@@ -81,3 +81,5 @@ def test_sweep_refuses_another_split_in_the_same_run_in_one_line(sentiment_set, 
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "split 'none'" in result.stderr
     result = run_cli(*argv[:-6], "--concepts", "nope", "--layer-sets", "0")
     assert result.returncode == 2 and "unknown concept 'nope'" in result.stderr
+    result = run_cli(*argv[:-6], "--concepts", "text@x,random", "--layer-sets", "0")  # a rank that is no number
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "'text@x'" in result.stderr, result.stderr

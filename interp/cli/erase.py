@@ -18,6 +18,18 @@ app = typer.Typer(help="LEACE concept erasure: fit erasers on caches, answer tas
                   no_args_is_help=True, rich_markup_mode=None)
 
 
+def _ranks(text: str | None) -> list[int] | None:
+    """--ranks 4,8,16 → [4, 8, 16]; one line (exit 2) for anything else."""
+    from interp.erasure_sweep import SweepError
+
+    if text is None:
+        return None
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise SweepError(f"--ranks {text!r}: give whole numbers >= 1, e.g. 4,8,16,32")
+    return [int(part) for part in parts]
+
+
 @app.command("fit")
 def erase_fit(
     cache: Path = typer.Argument(..., metavar="CACHE"),
@@ -27,6 +39,11 @@ def erase_fit(
     sites: Optional[str] = typer.Option(None, help="Site spec (default: every site of the cache)."),
     out: Path = typer.Option(..., help="The eraser file (.safetensors with JSON metadata; no pickle)."),
     match: Optional[str] = typer.Option(None, help="random: the concept (default text) or rank to match."),
+    match_by: str = typer.Option("rank", help="random: match the concept's per-site rank (default) or, with "
+                                 "variance, the share of raw variance its LEACE eraser removes (the smallest raw "
+                                 "random eraser that removes at least as much; needs --random-space raw)."),
+    random_space: str = typer.Option("whitened", help="random: remove the directions in the whitened (default) or "
+                                     "raw space."),
     text_classes: int = typer.Option(32, help="text: the K most frequent aligned tokens + 'other' (rank <= K)."),
     seed: int = typer.Option(0, help="Seed of the random control."),
 ) -> None:
@@ -34,7 +51,8 @@ def erase_fit(
     from interp.erasure import fit_eraser
 
     with progress(None, total=None, desc=f"fitting {concept}") as bar:
-        eraser = fit_eraser(cache, data, concept, sites, match=match, text_classes=text_classes, seed=seed,
+        eraser = fit_eraser(cache, data, concept, sites, match=match, match_by=match_by,
+                            random_space=random_space, text_classes=text_classes, seed=seed,
                             progress=lambda done, total, site: bar.update(1))
     eraser.save(out)
     typer.echo(eraser.describe())
@@ -85,7 +103,12 @@ def erase_sweep(
     model: str = typer.Option("mini-ultravox", help="The speech LLM. " + MODEL_HELP),
     cache_dir: Optional[Path] = typer.Option(None, help="Caches, one per set (default RUN/caches)."),
     concepts: str = typer.Option("text,random,chars,energy,pitch",
-                                 help="Comma list of chars, text, boc, energy, pitch, random."),
+                                 help="Comma list of chars, text, boc, energy, pitch and the random controls random "
+                                      "(whitened, matched rank), random-raw (raw space, matched rank), random-var "
+                                      "(raw space, matched to text's raw variance per site); text and the controls "
+                                      "take a rank: text@8, random@8, random-raw@8, random-var@8 (matches text@8)."),
+    ranks: Optional[str] = typer.Option(None, help="Comma list of ranks, e.g. 4,8,16,32: every text or random "
+                                        "control in --concepts written without @rank is swept over them."),
     layer_sets: list[str] = typer.Option(["0-29", "0-14", "15-29"], "--layer-sets", metavar="LAYERS",
                                          help='LLM layers of one eraser: 0-29, a comma list 0,4,8, or all; repeat '
                                               'it for more layer sets (default 0-29, 0-14 and 15-29).'),
@@ -110,7 +133,7 @@ def erase_sweep(
     from interp.task_prompts import check_prompt_style
 
     plan = SweepPlan(model=model, sets=list(sets), out=out, cache_dir=cache_dir, concepts=concepts.split(","),
-                     layer_sets=list(layer_sets), positions=positions, limit=limit, split=split,
+                     ranks=_ranks(ranks), layer_sets=list(layer_sets), positions=positions, limit=limit, split=split,
                      random_match=random_match, text_classes=text_classes, dtype=dtype,
                      prompt_style=check_prompt_style(prompts),
                      batch_size=batch_size, seed=seed, threads=threads, command="interp erase sweep")

@@ -7,7 +7,8 @@ closed form"): a streaming fitter and a small frozen eraser. Modules, one job ea
   pitch), aligned by each row's time span in the item's audio (`alignment`: rows to words, words to tokens);
 * `eraser`: `SiteEraser` (x ↦ x − ((x − b) Rᵀ) Lᵀ, the one place the formula is written), `Eraser` (per-site
   erasers of one concept) and its safetensors file;
-* `fitter`: `SiteFitter`, LeaceFitter's streaming `update(x, z)` for one site, and the seeded random control;
+* `fitter`: `SiteFitter`, LeaceFitter's streaming `update(x, z)` for one site, the seeded random control (nested
+  bases; matched by rank, or by raw variance removed: `random_matching_variance`);
 * `fit`: `fit_eraser`, a cache and a spoken set → an `Eraser` with its provenance;
 * `apply`: `apply_eraser`, the eraser in force at audio (or all) positions, through activations' edit hooks.
 
@@ -20,10 +21,10 @@ from __future__ import annotations
 from interp.erasure.apply import ActiveErasure, Positions, apply_eraser
 from interp.erasure.concepts import CONCEPTS, SITE_CHARS, ConceptLabels, ConceptName, concept_labels
 from interp.erasure.eraser import FORMAT, FORMAT_VERSION, Eraser, SiteEraser
-from interp.erasure.fit import fit_eraser
+from interp.erasure.fit import MatchBy, fit_eraser
 from interp.erasure.fitter import SiteFitter
 
 __all__ = [
     "CONCEPTS", "ConceptName", "Positions", "FORMAT", "FORMAT_VERSION", "ConceptLabels", "SiteEraser", "Eraser",
-    "SITE_CHARS", "SiteFitter", "ActiveErasure", "concept_labels", "fit_eraser", "apply_eraser",
+    "SITE_CHARS", "SiteFitter", "ActiveErasure", "concept_labels", "fit_eraser", "apply_eraser", "MatchBy",
 ]

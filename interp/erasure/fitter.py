@@ -12,6 +12,14 @@ rows (W = Σ^-1/2 from the same shrunk covariance LEACE uses): x ↦ x − W⁺U
 orthogonal projection, in that whitened space, onto the complement of the concept's r directions, so both
 remove exactly r of the d whitened dimensions (share r/d): the only difference is which directions.
 ``space="raw"`` removes r random directions of the raw space instead (x − UUᵀ(x − μ)).
+
+The random bases are NESTED across ranks: the columns of the Gaussian draw are drawn one after another, so the
+rank-r basis is the first r columns of the rank-R basis for every R ≥ r (QR keeps the span of leading columns).
+A rank sweep of the control then adds directions rather than drawing new ones, and the raw variance a raw-space
+control removes, tr(UᵀSU) / tr(S), only grows with r. That is what `random_matching_variance` relies on: rank
+alone does not match a control (a whitened random eraser of LEACE's rank may remove a tenth of LEACE's raw
+variance), so it searches, by bisection over r, the smallest raw-space random eraser that removes at least a
+given share of the raw variance.
 """
 
 from __future__ import annotations
@@ -63,6 +71,31 @@ class SiteFitter:
         whitened (or raw) space of the rows seen so far, about their mean."""
         return self._measured(_random_site_eraser(self.leace_fitter, rank, seed=seed, site=site, space=space,
                                                   rows=self.rows))
+
+    def random_matching_variance(self, target: float, *, seed: int, site: str) -> SiteEraser:
+        """The raw-space random eraser of the smallest rank r (0..d) whose variance_removed is ≥ `target`, the
+        variance-matched control. The bases are nested, so the removed variance grows with r: gallop r = 1, 2, 4,
+        … until it is reached, then bisect below; every probe is measured exactly as the returned eraser is
+        (variance_removed of the float32 factors), so the result removes ≥ target and rank r − 1 removes less.
+        A target no rank reaches (above the full projection's, in rounding) gives rank d."""
+        d, mean = self.leace_fitter.x_dim, self.leace_fitter.mean_x
+        if target <= 0:
+            return self._measured(_raw_eraser(torch.zeros(d, 0, dtype=torch.float64), mean, self.rows))
+        low, high = 0, 1  # rank `low` removes less than target (probed, or 0)
+        while True:
+            basis = _random_basis(d, high, seed=seed, site=site)
+            best = self._measured(_raw_eraser(basis, mean, self.rows))
+            if best.variance_removed >= target or high == d:
+                break
+            low, high = high, min(2 * high, d)
+        while high - low > 1:
+            middle = (low + high) // 2
+            probe = self._measured(_raw_eraser(basis[:, :middle], mean, self.rows))
+            if probe.variance_removed >= target:
+                high, best = middle, probe
+            else:
+                low = middle
+        return best
 
     def variance_removed(self, eraser: SiteEraser) -> float:
         """Share of the rows' raw centred variance the edit takes away: 1 − tr(A S Aᵀ) / tr(S), A = I − L R, S the
@@ -118,19 +151,26 @@ def _site_eraser_from_fitter(fitter: LeaceFitter, rows: int) -> SiteEraser:
     return SiteEraser(left.float(), right.float(), eraser.bias.float(), rank=rank, rows=rows, trace_constrained=mixed)
 
 
+def _random_basis(d: int, rank: int, *, seed: int, site: str) -> Tensor:
+    """(d, rank) orthonormal, float64, from the seeded Gaussian draw of (seed, site). Column j is the j-th block
+    of d draws (a (rank, d) draw, transposed), so the basis of rank r is the first r columns of any larger one."""
+    rng = np.random.default_rng([seed, zlib.crc32(site.encode())])
+    basis, _ = torch.linalg.qr(torch.from_numpy(rng.standard_normal((rank, d)).T.copy()))
+    return basis
+
+
+def _raw_eraser(basis: Tensor, mean: Tensor, rows: int) -> SiteEraser:
+    """x − UUᵀ(x − μ): the orthogonal projection off the raw-space basis U (d, r)."""
+    return SiteEraser(basis.float(), basis.mT.float(), mean.float(), rank=int(basis.shape[1]), rows=rows)
+
+
 def _random_site_eraser(fitter: LeaceFitter, rank: int, *, seed: int, site: str, space: RandomSpace,
                         rows: int) -> SiteEraser:
     d = fitter.x_dim
     rank = min(rank, d)
-    rng = np.random.default_rng([seed, zlib.crc32(site.encode())])
-    basis, _ = torch.linalg.qr(torch.from_numpy(rng.standard_normal((d, rank))))
-    bias = fitter.mean_x.clone()
-    if rank == 0:
-        left = right = torch.zeros(d, 0, dtype=torch.float64)
-        return SiteEraser(left.float(), right.mT.float(), bias.float(), rank=0, rows=rows)
-    if space == "whitened":
-        w, w_inv = _whitening(fitter)
-        left, right = w_inv @ basis, basis.mT @ w
-    else:
-        left, right = basis, basis.mT
-    return SiteEraser(left.float(), right.float(), bias.float(), rank=rank, rows=rows)
+    basis = _random_basis(d, rank, seed=seed, site=site)
+    if rank == 0 or space == "raw":
+        return _raw_eraser(basis, fitter.mean_x, rows)
+    w, w_inv = _whitening(fitter)
+    left, right = w_inv @ basis, basis.mT @ w
+    return SiteEraser(left.float(), right.float(), fitter.mean_x.float(), rank=rank, rows=rows)

@@ -14,20 +14,28 @@ For each spoken set:
 5. erased runs: interp.erasure_eval.evaluate_erasure → RUN/<model>+erase-<concept>-L<layers>/<set>.jsonl; every
    predictions file is skipped when its sidecar says status done for the expected items.
 
-Outputs: RUN/sweep.csv, RUN/sweep.json (rows: set, task, concept, layers, mean rank per layer, share of d,
-accuracy with 95 % bootstrap CI, Δ vs clean with paired bootstrap CI, chance level; plus config and
-provenance), RUN/sweep.html (plotly, self-contained). A rerun with the same plan recomputes nothing; more
+Concepts are specs (`specs`): a concept (``text``, ``chars``, …), a rank sweep (``text@8``; `ranks` expands
+``text,random`` over 4, 8, 16, 32, …) and three random controls side by side: ``random`` (whitened, matched rank),
+``random-raw`` (raw space, matched rank) and ``random-var`` (raw space, the smallest rank that removes as much raw
+variance as text does at each site). Rank alone does not match a control when rank is not ≪ d.
+
+Outputs: RUN/sweep.csv, RUN/sweep.json (rows: set, task, concept, rank asked, layers, mean fitted rank per layer,
+share of d, share of raw variance removed, accuracy with 95 % bootstrap CI, Δ vs clean with paired bootstrap CI,
+chance level; plus config and provenance), RUN/sweep.html (plotly, self-contained; accuracy vs rank when the
+sweep has ranks). A rerun with the same plan recomputes nothing; more
 concepts or layer sets add rows; another model, limit, split, seed, positions or random match into the same
 RUN is refused. Used by `interp erase sweep` and by the study's erasure stage.
 
-Modules: `plan` (SweepPlan, checked where it enters), `stages` (run_sweep and its resumable stages), `outputs`
-(the rows, the table, the figure and the files).
+Modules: `specs` (concept specs), `plan` (SweepPlan, checked where it enters), `stages` (run_sweep and its
+resumable stages), `outputs` (the rows, the table, the figure and the files).
 """
 
 from __future__ import annotations
 
 from interp.erasure_sweep.outputs import format_table, header_line, sweep_figure
 from interp.erasure_sweep.plan import CONCEPT_ORDER, SweepError, SweepPlan
+from interp.erasure_sweep.specs import ConceptSpec, expand_concepts, parse_concept
 from interp.erasure_sweep.stages import run_sweep
 
-__all__ = ["SweepError", "SweepPlan", "run_sweep", "format_table", "header_line", "sweep_figure", "CONCEPT_ORDER"]
+__all__ = ["SweepError", "SweepPlan", "run_sweep", "format_table", "header_line", "sweep_figure", "CONCEPT_ORDER",
+           "ConceptSpec", "parse_concept", "expand_concepts"]

@@ -1,7 +1,10 @@
 """A sweep's results: one row per (set, task, concept, layer set), the text table, the figure and the three files.
 
-Rows: set, task, concept, layers, mean rank per layer, share of d, share of the raw variance removed, accuracy
-with 95 % bootstrap CI, Δ vs clean with paired bootstrap CI, chance level. Files, each written atomically:
+Rows: set, task, concept, the rank its spec asks (None for an unranked concept: ``text@8`` → 8), layers, mean
+fitted rank per layer, share of d, share of the raw variance removed, accuracy with 95 % bootstrap CI, Δ vs clean
+with paired bootstrap CI, chance level. The figure has, per (task, set), accuracy by concept and layer set (bars,
+unranked concepts) and, when the sweep has ranked concepts, accuracy vs rank (one line per family and layer set,
+CIs as error bars): where the random controls stop hurting, beside text. Files, each written atomically:
 RUN/sweep.csv, RUN/sweep.json (rows plus config and provenance) and RUN/sweep.html (plotly, self-contained).
 """
 
@@ -21,6 +24,7 @@ import numpy as np
 from interp.behavior import Prediction, read_predictions
 from interp.erasure import Eraser
 from interp.erasure_sweep.plan import CONCEPT_ORDER, SweepError, SweepPlan
+from interp.erasure_sweep.specs import family_of
 from interp.io import write_atomic, write_text_atomic
 from interp.provenance import provenance
 from interp.stats import accuracy_with_ci, bootstrap_ci
@@ -30,19 +34,21 @@ if TYPE_CHECKING:
 
 __all__ = ["ErasedRun", "COLUMNS", "rows_for_set", "header_line", "format_table", "sweep_figure", "write_outputs"]
 
-COLUMNS = ("set", "task", "concept", "layers", "sites", "rank_mean", "share_of_d", "variance_removed", "accuracy",
-           "ci_low", "ci_high", "delta", "delta_low", "delta_high", "clean_accuracy", "chance", "n_items", "fit_items",
-           "eval_items")
+COLUMNS = ("set", "task", "concept", "rank", "layers", "sites", "rank_mean", "share_of_d", "variance_removed",
+           "accuracy", "ci_low", "ci_high", "delta", "delta_low", "delta_high", "clean_accuracy", "chance", "n_items",
+           "fit_items", "eval_items")
 
 
 @dataclass(frozen=True)
 class ErasedRun:
-    """One erased system's predictions on a set: the concept, the layer set's label, its eraser and the file."""
+    """One erased system's predictions on a set: the concept (spec name), the layer set's label, its eraser, the
+    file, and the rank the spec asks (None: unranked)."""
 
     concept: str
     label: str
     eraser: Eraser
     path: Path
+    rank: int | None = None
 
 
 def _records_by_task(path: Path) -> dict[str, dict[str, Prediction]]:
@@ -65,7 +71,7 @@ def _erased_row(run: ErasedRun, task: str, ids: list[str], clean_correct: np.nda
     estimate = accuracy_with_ci(correct, seed=seed)
     delta = bootstrap_ci(lambda a, b: float(a.mean() - b.mean()), correct, clean_correct, seed=seed)
     summary = run.eraser.summary()
-    return {"concept": run.concept, "layers": run.label, "sites": len(summary),
+    return {"concept": run.concept, "rank": run.rank, "layers": run.label, "sites": len(summary),
             "rank_mean": float(np.mean([s["rank"] for s in summary])),
             "share_of_d": float(np.mean([s["share"] for s in summary])),
             "variance_removed": _mean_or_none([s["variance_removed"] for s in summary]),
@@ -85,7 +91,7 @@ def rows_for_set(set_name: str, clean_path: Path, erased: list[ErasedRun], fit_i
         base = accuracy_with_ci(clean_correct, seed=seed)
         common = {"set": set_name, "task": task, "n_items": len(ids), "fit_items": fit_items,
                   "eval_items": eval_items, "chance": chance, "clean_accuracy": base.value}
-        rows.append({**common, "concept": "none (clean)", "layers": "", "sites": 0, "rank_mean": 0.0,
+        rows.append({**common, "concept": "none (clean)", "rank": None, "layers": "", "sites": 0, "rank_mean": 0.0,
                      "share_of_d": 0.0, "variance_removed": 0.0, "accuracy": base.value, "ci_low": base.low,
                      "ci_high": base.high, "delta": 0.0, "delta_low": 0.0, "delta_high": 0.0})
         rows.extend({**common, **_erased_row(run, task, ids, clean_correct, seed)} for run in erased)
@@ -106,12 +112,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def num(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'set':<14s} {'task':<10s} {'concept':<13s} {'layers':<8s} {'rank/layer':>10s} {'share d':>8s} "
+    lines = [f"{'set':<14s} {'task':<10s} {'concept':<13s} {'rank':>4s} {'layers':<8s} {'rank/layer':>10s} "
+             f"{'share d':>8s} "
              f"{'var.':>6s} {'accuracy [95% CI]':>22s} {'Δ vs clean [95% CI]':>25s} {'chance':>6s} {'n':>4s}"]
     for r in rows:
         acc = f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         delta = "" if not r["layers"] else f"{r['delta']:+.3f} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]"
-        lines.append(f"{r['set'][:14]:<14s} {r['task'][:10]:<10s} {r['concept']:<13s} {r['layers']:<8s} "
+        lines.append(f"{r['set'][:14]:<14s} {r['task'][:10]:<10s} {r['concept']:<13s} "
+                     f"{num(r.get('rank'), 'd'):>4s} {r['layers']:<8s} "
                      f"{r['rank_mean']:10.1f} {r['share_of_d']:8.2%} {num(r['variance_removed'], '.1%'):>6s} "
                      f"{acc:>22s} {delta:>25s} "
                      f"{num(r['chance'], '.3f'):>6s} {r['n_items']:4d}")
@@ -138,21 +146,75 @@ def _bars(figure: go.Figure, mine: list[dict[str, Any]], labels: list[str], *, p
                                 ": accuracy %{y:.3f}<br>%{hovertext}<extra></extra>"), row=row, col=col)
 
 
+def _rank_lines(figure: go.Figure, mine: list[dict[str, Any]], labels: list[str], *, shown: set[str], row: int,
+                col: int) -> None:
+    """Accuracy vs the rank asked, one line per (family, layer set) of the ranked rows, CIs as error bars; x is the
+    spec's rank (random-var@K: the rank of the text eraser whose variance it matches; its own rank is in the
+    hover), so each rank's controls stand above the same x as text."""
+    import plotly.graph_objects as go
+
+    palette = {"text": "#1f77b4", "random": "#d62728", "random-raw": "#ff7f0e", "random-var": "#2ca02c"}
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    ranked = [r for r in mine if r.get("rank") is not None]
+    families = [f for f in CONCEPT_ORDER if any(family_of(r["concept"]) == f for r in ranked)]
+    for family in families:
+        for k, label in enumerate(labels):
+            points = sorted((r for r in ranked if family_of(r["concept"]) == family and r["layers"] == label),
+                            key=lambda r: r["rank"])
+            if not points:
+                continue
+            name = f"{family}, layers {label}"
+            hover = [f"{r['concept']}, layers {label}: accuracy {r['accuracy']:.3f} [{r['ci_low']:.3f}, "
+                     f"{r['ci_high']:.3f}]<br>rank/layer {r['rank_mean']:.1f}, variance removed "
+                     + ("-" if r["variance_removed"] is None else f"{r['variance_removed']:.1%}") for r in points]
+            figure.add_trace(go.Scatter(
+                x=[r["rank"] for r in points], y=[r["accuracy"] for r in points], mode="lines+markers", name=name,
+                legendgroup=name, showlegend=name not in shown, hovertext=hover,
+                hovertemplate="%{hovertext}<extra></extra>",
+                line={"color": palette.get(family, "#7f7f7f"), "dash": dashes[k % len(dashes)]},
+                error_y={"type": "data", "symmetric": False,
+                         "array": [r["ci_high"] - r["accuracy"] for r in points],
+                         "arrayminus": [r["accuracy"] - r["ci_low"] for r in points]}), row=row, col=col)
+            shown.add(name)
+    ranks = sorted({r["rank"] for r in ranked})
+    figure.update_xaxes(type="log", tickvals=ranks, ticktext=[str(r) for r in ranks], row=row, col=col,
+                        title_text="rank asked (random-var: matches text@rank's variance)")
+
+
+def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(task, set, kind) of every panel: ``concepts`` (bars) unless the (task, set) has ranked rows only, and
+    ``ranks`` (lines) when it has any."""
+    panels = []
+    for task, name in dict.fromkeys((r["task"], r["set"]) for r in rows):
+        erased = [r for r in rows if r["task"] == task and r["set"] == name and r["layers"]]
+        ranked = [r for r in erased if r.get("rank") is not None]
+        if len(ranked) < len(erased) or not erased:
+            panels.append((task, name, "concepts"))
+        if ranked:
+            panels.append((task, name, "ranks"))
+    return panels
+
+
 def sweep_figure(rows: list[dict[str, Any]], header: str) -> go.Figure:
-    """Accuracy by concept per layer set, one panel per (task, set), clean and chance lines; `header` under
-    the title says how the numbers were made."""
+    """Per (task, set): accuracy by concept per layer set (bars) and, for ranked concepts, accuracy vs rank
+    (lines), each with clean and chance lines; `header` under the title says how the numbers were made."""
     from plotly.subplots import make_subplots
 
-    panels = list(dict.fromkeys((r["task"], r["set"]) for r in rows))
+    panels = _panels(rows)
     columns = min(2, len(panels))
     n_rows = math.ceil(len(panels) / columns)
-    figure = make_subplots(rows=n_rows, cols=columns, subplot_titles=[f"{task} ({name})" for task, name in panels],
+    titles = [f"{task} ({name})" + (": accuracy vs rank" if kind == "ranks" else "") for task, name, kind in panels]
+    figure = make_subplots(rows=n_rows, cols=columns, subplot_titles=titles,
                            vertical_spacing=0.25 / max(1, n_rows - 1) if n_rows > 1 else 0.1)
     labels = list(dict.fromkeys(r["layers"] for r in rows if r["layers"]))
-    for index, (task, name) in enumerate(panels):
+    shown: set[str] = set()
+    for index, (task, name, kind) in enumerate(panels):
         row, col = index // columns + 1, index % columns + 1
         mine = [r for r in rows if r["task"] == task and r["set"] == name]
-        _bars(figure, mine, labels, panel=index, row=row, col=col)
+        if kind == "ranks":
+            _rank_lines(figure, mine, labels, shown=shown, row=row, col=col)
+        else:
+            _bars(figure, [r for r in mine if r.get("rank") is None], labels, panel=index, row=row, col=col)
         clean = next(r for r in mine if not r["layers"])
         figure.add_hline(y=clean["accuracy"], line_dash="dash", line_color="black", row=row, col=col,
                          annotation_text=f"clean {clean['accuracy']:.2f}", annotation_position="top left")
@@ -161,7 +223,7 @@ def sweep_figure(rows: list[dict[str, Any]], header: str) -> go.Figure:
                              annotation_text=f"chance {clean['chance']:.2f}", annotation_position="bottom left")
         figure.update_yaxes(range=[0, 1.05], title_text="accuracy", row=row, col=col)
     figure.update_layout(barmode="group", height=380 * n_rows + 80,
-                         title={"text": "Accuracy under LEACE erasure, by concept and layer set<br><sup>"
+                         title={"text": "Accuracy under LEACE erasure, by concept, layer set and rank<br><sup>"
                                 + html.escape(header) + "</sup>"})
     return figure
 
@@ -194,7 +256,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_outputs(rows: list[dict[str, Any]], plan: SweepPlan, sets: dict[str, Any]) -> None:
     """RUN/sweep.csv, RUN/sweep.json (rows, `sets`: per set its items and halves, config, provenance) and
     RUN/sweep.html, each atomically."""
-    config = {"model": plan.model, "sets": [str(s) for s in plan.sets], "concepts": plan.concepts,
+    config = {"model": plan.model, "sets": [str(s) for s in plan.sets], "concepts": plan.concepts, "ranks": plan.ranks,
               "layer_sets": dict(plan.layer_map), "positions": plan.positions, "limit": plan.limit,
               "split": plan.split, "random_match": plan.random_match, "text_classes": plan.text_classes,
               "dtype": plan.dtype, "cache_dir": str(plan.cache_dir), "seed": plan.seed}

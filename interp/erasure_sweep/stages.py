@@ -25,6 +25,7 @@ from interp.erasure import Eraser, fit_eraser
 from interp.erasure_eval import evaluate_erasure
 from interp.erasure_sweep.outputs import ErasedRun, rows_for_set, write_outputs
 from interp.erasure_sweep.plan import RESULT_KEYS, SweepError, SweepPlan
+from interp.erasure_sweep.specs import ConceptSpec
 from interp.io import write_json_atomic
 from interp.models.base import SpeechLM, describe_model, other_weights
 from interp.provenance import provenance
@@ -117,18 +118,18 @@ def _ensure_cache(model: SpeechLM, spoken: SpokenSet, cache_dir: Path, sites: li
     return ActivationCache.open(cache_dir)
 
 
-def _eraser_path(run: Path, set_name: str, concept: str, label: str) -> Path:
-    return run / "erasers" / f"{set_name}-{concept}-{label}.safetensors"
+def _eraser_path(run: Path, set_name: str, spec: ConceptSpec, label: str) -> Path:
+    return run / "erasers" / f"{set_name}-{spec.slug}-{label}.safetensors"
 
 
 def _ensure_erasers(model: SpeechLM, cache: ActivationCache, spoken: SpokenSet, set_name: str,
-                    fit_ids: list[str] | None, concept: str, plan: SweepPlan) -> dict[str, Eraser]:
-    """Per layer-set label, the eraser of `concept` (loaded when its file exists, else fitted and saved)."""
+                    fit_ids: list[str] | None, spec: ConceptSpec, plan: SweepPlan) -> dict[str, Eraser]:
+    """Per layer-set label, the eraser of `spec` (loaded when its file exists, else fitted and saved)."""
     fit_info = {"split": plan.split, "fit_items": len(fit_ids) if fit_ids else len(spoken.items[:plan.limit]),
                 "fit_items_digest": _ids_digest(fit_ids or [i.id for i in spoken.items[:plan.limit]])}
     erasers, missing = {}, []
     for label in plan.layer_map:
-        path = _eraser_path(plan.out, set_name, concept, label)
+        path = _eraser_path(plan.out, set_name, spec, label)
         if path.is_file():
             eraser = Eraser.load(path)
             if eraser.meta.get("sweep", {}).get("fit_items_digest") != fit_info["fit_items_digest"]:
@@ -142,20 +143,21 @@ def _ensure_erasers(model: SpeechLM, cache: ActivationCache, spoken: SpokenSet, 
     sites = sorted({f"llm.layers.{i}" for label in missing for i in plan.layer_map[label]},
                    key=lambda s: int(s.rsplit(".", 1)[1]))
     start = time.perf_counter()
-    match = None
-    if concept == "random":
-        match = int(plan.random_match) if plan.random_match.strip().isdigit() else plan.random_match
-    union = fit_eraser(cache, spoken, concept, sites, match=match, text_classes=plan.text_classes, seed=plan.seed,
-                       tokenizer=getattr(model, "tokenizer", None), items=fit_ids)
+    options = spec.fit_options(text_classes=plan.text_classes, random_match=plan.random_match)
+    union = fit_eraser(cache, spoken, sites=sites, seed=plan.seed, tokenizer=getattr(model, "tokenizer", None),
+                       items=fit_ids, **options)
     for label in missing:
         chosen = [f"llm.layers.{i}" for i in plan.layer_map[label]]
         meta = json.loads(json.dumps(union.meta))
-        meta["sweep"] = {**fit_info, "set": set_name, "layers": label, "sites": chosen,
+        if "variance_match" in meta["concept"]:
+            meta["concept"]["variance_match"] = {s: meta["concept"]["variance_match"][s] for s in chosen}
+        meta["sweep"] = {**fit_info, "set": set_name, "layers": label, "sites": chosen, "spec": spec.name,
+                         "rank": spec.rank,
                          "note": f"restricted from one fit over {len(sites)} sites (per-site fits are independent)"}
         eraser = Eraser(union.concept, {s: union.sites[s] for s in chosen}, meta)
-        eraser.save(_eraser_path(plan.out, set_name, concept, label))
+        eraser.save(_eraser_path(plan.out, set_name, spec, label))
         erasers[label] = eraser
-    _log.info(f"fitted {concept} on {fit_info['fit_items']} items at {len(sites)} sites in "
+    _log.info(f"fitted {spec.name} on {fit_info['fit_items']} items at {len(sites)} sites in "
               f"{time.perf_counter() - start:.1f} s → {', '.join(missing)}")
     return erasers
 
@@ -177,9 +179,9 @@ def _clean(model: SpeechLM, eval_set: SpokenSet, set_name: str, plan: SweepPlan)
     return path
 
 
-def _erased(model: SpeechLM, eraser: Eraser, eval_set: SpokenSet, set_name: str, concept: str, label: str,
+def _erased(model: SpeechLM, eraser: Eraser, eval_set: SpokenSet, set_name: str, spec: ConceptSpec, label: str,
             plan: SweepPlan) -> Path:
-    system = f"{plan.model}+erase-{concept}-L{label}"
+    system = f"{plan.model}+erase-{spec.slug}-L{label}"
     path = plan.out / system / f"{set_name}.jsonl"
     if _done(path, len(eval_set.items)):
         _log.info(f"skip: predictions {path.relative_to(plan.out)} done")
@@ -187,7 +189,7 @@ def _erased(model: SpeechLM, eraser: Eraser, eval_set: SpokenSet, set_name: str,
     start = time.perf_counter()
     path = evaluate_erasure(model, eraser, eval_set, plan.out, system_name=system, positions=plan.positions,
                             prompt_style=plan.prompt_style)
-    _log.info(f"{concept} at layers {label}: {len(eval_set.items)} items in {time.perf_counter() - start:.1f} s")
+    _log.info(f"{spec.name} at layers {label}: {len(eval_set.items)} items in {time.perf_counter() - start:.1f} s")
     return path
 
 
@@ -213,11 +215,11 @@ def _sweep_set(model: SpeechLM, spoken: SpokenSet, name: str, sites: list[str],
     fit_ids = None if plan.split == "none" and plan.limit is None else [item.id for item in fit_items]
     clean_path = _clean(model, eval_set, name, plan)
     erased = []
-    for concept in plan.concepts:
-        erasers = _ensure_erasers(model, cache, spoken, name, fit_ids, concept, plan)
+    for spec in plan.specs:
+        erasers = _ensure_erasers(model, cache, spoken, name, fit_ids, spec, plan)
         for label in plan.layer_map:
-            path = _erased(model, erasers[label], eval_set, name, concept, label, plan)
-            erased.append(ErasedRun(concept, label, erasers[label], path))
+            path = _erased(model, erasers[label], eval_set, name, spec, label, plan)
+            erased.append(ErasedRun(spec.name, label, erasers[label], path, rank=spec.rank))
     rows = rows_for_set(name, clean_path, erased, len(fit_items), len(eval_items), plan.seed)
     return rows, {"path": str(spoken.root), "cache": str(plan.cache_dir / name), "items": len(items),
                   "fit_ids": [i.id for i in fit_items], "eval_ids": [i.id for i in eval_items]}
