@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from interp.cli import behave, data, erase, extract, lens, models, probe, study
+from interp.cli import behave, compare_text, data, erase, extract, lens, models, probe, study
 from interp.errors import InterpError
 
 __all__ = ["app", "main"]
@@ -24,7 +24,8 @@ app = typer.Typer(help=__doc__.splitlines()[0] + "\n\nDoes an end-to-end speech 
                   "ASR -> LLM cascade in disguise?", no_args_is_help=True, pretty_exceptions_enable=False,
                   add_completion=False, rich_markup_mode=None)
 for name, command in (("transcribe", models.transcribe_set), ("extract", extract.extract_command),
-                      ("probe", probe.probe_command), ("lens", lens.lens_command), ("ask", models.ask)):
+                      ("probe", probe.probe_command), ("lens", lens.lens_command), ("ask", models.ask),
+                      ("compare-text", compare_text.compare_text_command)):
     app.command(name)(command)
 app.command("behave", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(behave.behave)
 for name, command in (("stats", behave.stats_command), ("demo", study.demo_command), ("study", study.study_command),
