@@ -6,7 +6,8 @@ Modules, one job each:
 * `systems`: the systems of `--systems` (`SystemSpec`, `parse_systems`) and the `System` union the harness runs;
 * `answering`: one item answered by one system (`answer_item`), and the checks made before a run writes;
 * `files`: predictions files, their sidecars and `run.json`, read and written (atomically where whole);
-* `harness`: `run_system`, resumable, finalised under the run's calibration.
+* `harness`: `run_system`, resumable, finalised under the run's calibration, optionally under an audio ablation
+  (interp.data.ablation: silence, babble or swapped audio; `check_ablated_run` refuses a bad one up front).
 
 The statistics of a run folder (the stats.json of `interp stats`) are interp.stats.run's.
 """
@@ -22,9 +23,11 @@ from interp.behavior.files import (
     record_run,
     run_summary,
     set_name,
+    sidecar_ablation,
+    system_folder,
     write_predictions,
 )
-from interp.behavior.harness import Progress, finalise_choices, run_system
+from interp.behavior.harness import Progress, check_ablated_run, finalise_choices, run_system
 from interp.behavior.prediction import Prediction
 from interp.behavior.scoring import (
     CALIBRATION_RULES,
@@ -40,6 +43,7 @@ from interp.behavior.systems import System, SystemSpec, parse_systems
 __all__ = [
     "Prediction", "System", "SystemSpec", "Progress", "parse_systems", "run_system", "answer_item", "check_scoring",
     "finalise_choices", "read_predictions", "write_predictions", "read_sidecar", "run_summary", "record_run",
-    "set_name", "parse_choice", "normalize_answer", "match_answer", "PREDICTIONS_SUFFIX", "SIDECAR_SUFFIX",
+    "set_name", "system_folder", "sidecar_ablation", "check_ablated_run", "parse_choice", "normalize_answer",
+    "match_answer", "PREDICTIONS_SUFFIX", "SIDECAR_SUFFIX",
     "LENGTH_POLICY", "CALIBRATION_RULES", "PARSE_RULE", "OPEN_ANSWER_RULE",
 ]

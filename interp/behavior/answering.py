@@ -7,12 +7,14 @@
   correct means a normalised exact match.
 * The oracle (and any bare text LLM) reads the item's gold transcript instead of its audio; an implicit cascade
   reads the item's logit-lens text (recorded as lens_text); a cascade's ASR transcript is recorded beside its answer.
+* `audio`: where a run hears something other than each item's own recording (an ablation,
+  interp.data.ablation.AblatedAudio.audio), the function giving the samples heard for an item.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,11 @@ from interp.models.text_lm import TextLM
 from interp.task_prompts import PromptStyle, TaskPrompt, task_prompt
 from interp.text_metrics import normalize_transcript, word_error_rate
 
-__all__ = ["ASR_BATCH", "Heard", "reads_text", "input_of", "transcribe_batch", "answer_item", "check_scoring"]
+__all__ = ["ASR_BATCH", "AudioSource", "Heard", "reads_text", "input_of", "transcribe_batch", "answer_item",
+           "check_scoring"]
+
+AudioSource = Callable[[Item], np.ndarray]
+"""The samples a system hears for an item ((samples,) float32 at 16 kHz); by default the item's own recording."""
 
 ASR_BATCH = 8
 """Items a cascade transcribes in one ASR batch (Whisper pads every clip to 30 s, so batching is several times
@@ -67,13 +73,15 @@ def input_of(system: System) -> str:
     return "gold transcript" if reads_text(system) else "audio"
 
 
-def transcribe_batch(system: System, spoken_set: SpokenSet, items: Sequence[Item]) -> dict[str, Heard]:
-    """A cascade's transcripts of `items` in one ASR batch, with each item's share of the time; empty for other
-    systems."""
+def transcribe_batch(system: System, spoken_set: SpokenSet, items: Sequence[Item], *,
+                     audio: AudioSource | None = None) -> dict[str, Heard]:
+    """A cascade's transcripts of `items` (of what `audio` gives, default their own recordings) in one ASR batch,
+    with each item's share of the time; empty for other systems."""
     if not isinstance(system, Cascade):
         return {}
+    audio = audio or spoken_set.load_audio
     started = time.perf_counter()
-    texts = system.asr.transcribe([spoken_set.load_audio(item) for item in items])
+    texts = system.asr.transcribe([audio(item) for item in items])
     share = (time.perf_counter() - started) / len(items)
     return {item.id: Heard(text, share) for item, text in zip(items, texts)}
 
@@ -126,15 +134,16 @@ def _judge(item: Item, response: _Response) -> _Judgement:
 
 
 def answer_item(system: System, spoken_set: SpokenSet, item: Item, prompt: TaskPrompt, *,
-                heard: Heard | None = None) -> Prediction:
+                heard: Heard | None = None, audio: AudioSource | None = None) -> Prediction:
     """One predictions line for one item (uncalibrated: `prediction` is the raw answer).
 
     heard: for a cascade, its transcript from a batched ASR pass (`transcribe_batch`), so the ASR is not run
-    again; its seconds count in the item's latency."""
+    again; its seconds count in the item's latency. audio: what a system that hears is given for the item
+    (default its own recording); systems that read text ignore it."""
     if isinstance(system, ImplicitCascade):
         source = system.text_for(item)
     else:
-        source = item.transcript if reads_text(system) else spoken_set.load_audio(item)
+        source = item.transcript if reads_text(system) else (audio or spoken_set.load_audio)(item)
     response = _respond(system, source, item, prompt, heard)
     judged = _judge(item, response)
     noise = item.speech.noise

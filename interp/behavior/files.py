@@ -1,5 +1,8 @@
 """The files of a behaviour run: `<out>/<system>/<set>.jsonl` (predictions) + `<set>.json` (sidecar), `run.json`.
 
+A run under an audio ablation (interp.data.ablation) is its own run, in `<out>/<system>+<ablation>/` (`+` never
+occurs in a system name); its sidecar's config records the ablation.
+
 One JSON line per item (interp.behavior.prediction.Prediction), appended (and flushed) as soon as the item is
 answered, so a killed run loses at most the item in progress; a rerun keeps the finished lines (a torn last line
 is dropped) and answers only the rest. When every item is answered the file is rewritten atomically in set order,
@@ -22,8 +25,8 @@ from interp.errors import DataError
 from interp.io import write_json_atomic, write_text_atomic
 from interp.provenance import provenance
 
-__all__ = ["PREDICTIONS_SUFFIX", "SIDECAR_SUFFIX", "set_name", "read_predictions", "append_prediction",
-           "write_predictions", "read_sidecar", "run_summary", "record_run"]
+__all__ = ["PREDICTIONS_SUFFIX", "SIDECAR_SUFFIX", "set_name", "system_folder", "read_predictions",
+           "append_prediction", "write_predictions", "read_sidecar", "sidecar_ablation", "run_summary", "record_run"]
 
 _log = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ def set_name(root: Path) -> str:
     if _NOISY_FOLDER.match(root.name):
         return f"{root.parent.name}-{root.name}"
     return root.name
+
+
+def system_folder(system_name: str, ablation: str | None = None) -> str:
+    """The folder of a system's predictions in a run: its name, with `+<ablation>` for an ablated run."""
+    return f"{system_name}+{ablation}" if ablation else system_name
 
 
 def _line(prediction: Prediction) -> str:
@@ -111,8 +119,15 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
         raise DataError(f"{path}: not valid JSON ({error.msg})") from None
 
 
+def sidecar_ablation(info: dict[str, Any]) -> str | None:
+    """The ablation a sidecar's run was made under (None: the items' own audio)."""
+    recorded = info.get("config", {}).get("ablation")
+    return recorded.get("ablation") if isinstance(recorded, dict) else None
+
+
 def run_summary(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished predictions file of a run: system, set, items, accuracy, wer (or None)."""
+    """One row per finished predictions file of a run: system (its folder), set, items, accuracy, wer (or None),
+    unparsed, ablation (or None)."""
     rows = []
     for sidecar in sorted(Path(run_dir).glob(f"*/*{SIDECAR_SUFFIX}")):
         info = read_sidecar(sidecar)
@@ -120,7 +135,8 @@ def run_summary(run_dir: Path) -> list[dict[str, Any]]:
             continue
         counts = info["counts"]
         rows.append({"system": sidecar.parent.name, "set": sidecar.stem, "items": counts["items"],
-                     "accuracy": info.get("accuracy"), "wer": counts.get("wer"), "unparsed": counts["unparsed"]})
+                     "accuracy": info.get("accuracy"), "wer": counts.get("wer"), "unparsed": counts["unparsed"],
+                     "ablation": sidecar_ablation(info)})
     return rows
 
 

@@ -8,6 +8,12 @@ is "none". Calibration (Zhou et al., 2024, interp.task_prompts) needs every item
 keep their raw scores, so a rerun under another calibration re-finalises a finished file without running the
 system again. A resumed file must have been made with the same prompts (and style), rules, kind of system and,
 where a system's name does not fix its weights (mini-ultravox's projector), the same weights (else InterpError).
+
+Under an audio ablation (`ablation=`, interp.data.ablation) every item is answered with its audio replaced; the
+answers are a run of their own (RUN/<system>+<ablation>/), the sidecar's config records the ablation, its seed and
+its rule, and a resume refuses another ablation or, for swap, another derangement (another seed or --limit).
+Systems that read text (the oracle, a bare text LLM, an implicit cascade) hear nothing to ablate: they are
+refused rather than skipped, so that an ablated run never silently holds clean answers.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from interp.behavior.answering import (
     answer_item,
     check_scoring,
     input_of,
+    reads_text,
     transcribe_batch,
 )
 from interp.behavior.files import (
@@ -34,6 +41,7 @@ from interp.behavior.files import (
     read_predictions,
     read_sidecar,
     set_name,
+    system_folder,
     write_predictions,
 )
 from interp.behavior.prediction import Prediction, corpus_wer
@@ -43,7 +51,8 @@ from interp.behavior.scoring import (
     OPEN_ANSWER_RULE,
     PARSE_RULE,
 )
-from interp.behavior.systems import System
+from interp.behavior.systems import System, SystemSpec
+from interp.data.ablation import AblatedAudio, check_ablation
 from interp.data.manifest import Item, SpokenSet
 from interp.errors import DataError, InterpError
 from interp.io import write_json_atomic
@@ -62,7 +71,7 @@ from interp.task_prompts import (
     task_prompt,
 )
 
-__all__ = ["Progress", "run_system", "finalise_choices"]
+__all__ = ["Progress", "run_system", "finalise_choices", "check_ablated_run"]
 
 Progress = Callable[[int, int], None]
 """progress(done, total): called once at the start of a run and after each item."""
@@ -108,7 +117,8 @@ def _describe_system(system: System, name: str, spec: str | None) -> dict[str, A
 
 
 def _run_config(system: System, system_name: str, spec: str | None, prompts: dict[str, TaskPrompt], *,
-                prompt_style: PromptStyle, calibration: Calibration) -> dict[str, Any]:
+                prompt_style: PromptStyle, calibration: Calibration,
+                ablated: AblatedAudio | None = None) -> dict[str, Any]:
     """The sidecar's `config`: what made the answers, checked again when a run resumes."""
     answers_by = "log-likelihood" if hasattr(getattr(system, "llm", system), "score_choices") else "generate+parse"
     return {
@@ -119,6 +129,7 @@ def _run_config(system: System, system_name: str, spec: str | None, prompts: dic
         "rules": {"forced_choice": answers_by, "length_policy": LENGTH_POLICY,
                   "parse": PARSE_RULE, "open_answers": OPEN_ANSWER_RULE},
         "input": input_of(system),
+        "ablation": ablated.config() if ablated else None,
     }
 
 
@@ -131,6 +142,9 @@ def _check_same_config(previous: dict[str, Any], config: dict[str, Any], sidecar
     if old_class is not None and old_class != config["system"]["class"]:
         raise InterpError(f"{sidecar}: these predictions were made by a {old_class}, not a "
                           f"{config['system']['class']}; choose another --out")
+    if previous.get("ablation") != json.loads(json.dumps(config["ablation"])):
+        raise InterpError(f"{sidecar}: these predictions were made under another audio ablation "
+                          f"({previous.get('ablation')}); choose another --out")
     old_weights, weights = previous.get("system", {}).get("weights"), config["system"].get("weights")
     if old_weights != weights:
         raise InterpError(f"{sidecar}: these predictions were made with other weights ({old_weights}, now "
@@ -164,19 +178,68 @@ def _finished_lines(path: Path, spoken_set: SpokenSet) -> dict[str, Prediction]:
     return done
 
 
+def check_ablated_run(ablation: str | None, specs: Sequence[SystemSpec], sets: Sequence[SpokenSet], *,
+                      limit: int | None = None) -> None:
+    """Refuse, before any system loads or anything is written, an unknown ablation, a known text-reading system
+    under one (run_system refuses the others once loaded) and a swap over fewer than 2 items. InterpError."""
+    if ablation is None:
+        return
+    check_ablation(ablation)
+    from interp.models.mini import MODEL_CARDS  # every architecture's classes: only where an ablation is asked
+
+    for spec in specs:
+        card = MODEL_CARDS.get(spec.spec)
+        if card is not None and card.kind == "text-lm":
+            raise InterpError(f"--ablate {ablation}: {spec.name} reads the transcript, not the audio; leave it out "
+                              "of an ablated run")
+    for spoken in sets:
+        n = min(limit or len(spoken), len(spoken))
+        if ablation == "swap" and n < 2:
+            raise InterpError(f"--ablate swap needs at least 2 items to give each one another item's audio; "
+                              f"{spoken.root} has {n} in this run")
+
+
+def _ablation_for(system: System, system_name: str, spoken_set: SpokenSet, items: Sequence[Item],
+                  ablation: str | None, seed: int) -> AblatedAudio | None:
+    """The ablated audio of a run (None without one); InterpError for a system that reads text."""
+    if ablation is None:
+        return None
+    if reads_text(system):
+        raise InterpError(f"--ablate {ablation}: {system_name} reads {input_of(system)}, not the audio; leave it "
+                          "out of an ablated run")
+    return AblatedAudio.build(spoken_set, ablation, items, seed=seed)
+
+
+def _check_same_sources(done: dict[str, Prediction], ablated: AblatedAudio | None, path: Path) -> None:
+    """A resumed swap run must have heard what the current derangement gives (same seed, same items)."""
+    if ablated is None or ablated.name != "swap":
+        return
+    for item in ablated.items:
+        line = done.get(item.id)
+        if line is not None and line.audio_from != ablated.heard_from(item):
+            raise InterpError(f"{path}: {item.id} heard {line.audio_from}'s audio, not {ablated.heard_from(item)}'s: "
+                              "these predictions were swapped over other items (another --limit) or another seed; "
+                              "choose another --out")
+
+
 def _answer_pending(system: System, spoken_set: SpokenSet, items: Sequence[Item], path: Path,
-                    prompts: dict[str, TaskPrompt], done: dict[str, Prediction], progress: Progress | None) -> None:
+                    prompts: dict[str, TaskPrompt], done: dict[str, Prediction], progress: Progress | None,
+                    ablated: AblatedAudio | None = None) -> None:
     """Answer the items not in `done`, appending each line to `path` (and to `done`) as soon as it is made."""
     pending = [item for item in items if item.id not in done]
     total, finished = len(items), len(items) - len(pending)
     if progress:
         progress(finished, total)
+    audio = ablated.audio if ablated else None
     with path.open("a", encoding="utf-8") as out:
         for start in range(0, len(pending), ASR_BATCH):
             chunk = pending[start:start + ASR_BATCH]
-            heard = transcribe_batch(system, spoken_set, chunk)
+            heard = transcribe_batch(system, spoken_set, chunk, audio=audio)
             for item in chunk:
-                prediction = answer_item(system, spoken_set, item, prompts[item.task], heard=heard.get(item.id))
+                prediction = answer_item(system, spoken_set, item, prompts[item.task], heard=heard.get(item.id),
+                                         audio=audio)
+                if ablated:
+                    prediction = replace(prediction, audio_from=ablated.heard_from(item))
                 append_prediction(out, prediction)
                 done[item.id] = prediction
                 finished += 1
@@ -186,7 +249,8 @@ def _answer_pending(system: System, spoken_set: SpokenSet, items: Sequence[Item]
 
 def run_system(system: System, spoken_set: SpokenSet, out_dir: Path, *, system_name: str, limit: int | None = None,
                progress: Progress | None = None, spec: str | None = None, seed: int = 0,
-               prompt_style: PromptStyle = DEFAULT_PROMPT_STYLE, calibration: Calibration = "none") -> Path:
+               prompt_style: PromptStyle = DEFAULT_PROMPT_STYLE, calibration: Calibration = "none",
+               ablation: str | None = None) -> Path:
     """Answer the set's items (the first `limit` of them) with `system`; returns the predictions file.
 
     The final file holds, in set order, every item answered so far: a rerun with a smaller limit keeps the
@@ -196,8 +260,12 @@ def run_system(system: System, spoken_set: SpokenSet, out_dir: Path, *, system_n
     calibration: "none" (the default: each answer depends on its item alone) or "batch" (see module docstring).
     Resumable (finished lines are kept, only missing items are answered) and finalised atomically under the
     calibration asked for. progress(done, total) is called once at the start and after each item.
-    seed is recorded only: greedy decoding and log-likelihood scoring draw no random numbers.
-    Raises InterpError for a task without a prompt, or for a file made with other prompts or another system.
+    ablation: None (each item's own audio) or "silence", "babble", "swap" (interp.data.ablation): the answers go
+    to RUN/<system>+<ablation>/ (see module docstring).
+    seed: the ablation's seed (babble offsets, swap derangement); otherwise recorded only: greedy decoding and
+    log-likelihood scoring draw no random numbers.
+    Raises InterpError for a task without a prompt, for a file made with other prompts, another system or another
+    ablation, for a system that reads text under an ablation, or for a swap of fewer than 2 items.
     """
     if limit is not None and limit < 1:
         raise InterpError(f"--limit must be at least 1, got {limit}")
@@ -205,19 +273,22 @@ def run_system(system: System, spoken_set: SpokenSet, out_dir: Path, *, system_n
     check_calibration(calibration)
     prompts = {task: task_prompt(task, prompt_style) for task in dict.fromkeys(item.task for item in spoken_set.items)}
     name = set_name(spoken_set.root)
-    folder = Path(out_dir) / system_name
+    ablated = _ablation_for(system, system_name, spoken_set, items, ablation, seed)
+    folder = Path(out_dir) / system_folder(system_name, ablation)
     path, sidecar = folder / f"{name}{PREDICTIONS_SUFFIX}", folder / f"{name}{SIDECAR_SUFFIX}"
-    config = _run_config(system, system_name, spec, prompts, prompt_style=prompt_style, calibration=calibration)
+    config = _run_config(system, system_name, spec, prompts, prompt_style=prompt_style, calibration=calibration,
+                         ablated=ablated)
     check_scoring(system, spoken_set, prompt_style=prompt_style)
     folder.mkdir(parents=True, exist_ok=True)
     previous = read_sidecar(sidecar)
     if previous is not None:
         _check_same_config(previous.get("config", {}), config, sidecar)
+    done = _finished_lines(path, spoken_set)
+    _check_same_sources(done, ablated, path)
     set_info = {"name": name, "path": str(spoken_set.root), "items": len(spoken_set)}
     write_json_atomic(sidecar, {"status": "running", "config": config, "set": set_info, "limit": limit, "seed": seed})
 
-    done = _finished_lines(path, spoken_set)
-    _answer_pending(system, spoken_set, items, path, prompts, done, progress)
+    _answer_pending(system, spoken_set, items, path, prompts, done, progress, ablated)
     by_id = {item.id: item for item in spoken_set.items}
     final = finalise_choices([done[item.id] for item in spoken_set.items if item.id in done], by_id,
                              calibration=calibration)
@@ -227,6 +298,6 @@ def run_system(system: System, spoken_set: SpokenSet, out_dir: Path, *, system_n
         "status": "done", "config": config, "set": set_info, "limit": limit, "seed": seed, "counts": counts,
         "accuracy": counts["correct"] / counts["items"] if counts["items"] else None,
         "provenance": provenance(command="interp behave", config={"system": spec or system_name, "set": str(
-            spoken_set.root), "limit": limit}, seed=seed),
+            spoken_set.root), "limit": limit, "ablation": ablation}, seed=seed),
     })
     return path

@@ -4,8 +4,9 @@ Fields of a line, in the order they are written: id, task, parent_id (clean item
 clean), label (gold index, or accepted answers), n_choices, asr_transcript (cascades only), scores (one per
 choice, or None), raw_prediction, prediction (index, -1 unparseable; the answer text for open tasks),
 calibration, correct, wer and ref_words (transcribe only), reply (generated text, when the system generated),
-latency_s, lens_text (the implicit cascade only). A field marked "only" is left out of the line where it does not
-apply, so `Prediction.from_dict(line).to_dict() == line` for every line the harness writes.
+latency_s, lens_text (the implicit cascade only), audio_from (runs under `--ablate swap` only: the id of the item
+whose audio was heard). A field marked "only" is left out of the line where it does not apply, so
+`Prediction.from_dict(line).to_dict() == line` for every line the harness writes.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Prediction:
     ref_words: int | None = None
     reply: str | None = None
     lens_text: str | None = None
+    audio_from: str | None = None
 
     @property
     def base_id(self) -> str:
@@ -72,6 +74,8 @@ class Prediction:
         line["latency_s"] = self.latency_s
         if self.lens_text is not None:
             line["lens_text"] = self.lens_text
+        if self.audio_from is not None:
+            line["audio_from"] = self.audio_from
         return line
 
     @classmethod

@@ -36,6 +36,12 @@ def behave(
                                   help="batch: subtract each choice's mean score over the run's items before the "
                                        "argmax (each answer then depends on the others); rerunning a finished run "
                                        "with another value re-finalises it without running the systems."),
+    ablate: Optional[str] = typer.Option(None, "--ablate", metavar="silence|babble|swap",
+                                         help="Answer with each item's audio replaced (a control, its own run in "
+                                              "RUN/<system>+<ablation>/): silence (zeros), babble (the shipped "
+                                              "babble recording alone) or swap (another item's audio, by a "
+                                              "seeded derangement). Refused for systems that read text."),
+    seed: int = typer.Option(0, help="Seed of the ablation (babble offsets, swap derangement); recorded."),
     device: str = DEVICE,
     dtype: str = DTYPE,
     device_map: Optional[str] = DEVICE_MAP,
@@ -46,7 +52,8 @@ def behave(
     (uncalibrated unless --calibrate batch), open answers by greedy generation; an endpoint answers forced
     choices by generation + parsing.
     """
-    from interp.behavior import parse_systems, run_summary, set_name
+    from interp.behavior import parse_systems, run_summary, set_name, system_folder
+    from interp.data.ablation import check_ablation
     from interp.data.manifest import SpokenSet
     from interp.errors import DataError
     from interp.models.checkpoints import LoadOptions
@@ -54,6 +61,7 @@ def behave(
     from interp.task_prompts import check_calibration, check_prompt_style, task_prompt
 
     style, calibration = check_prompt_style(prompts), check_calibration(calibrate)
+    ablation = check_ablation(ablate) if ablate is not None else None
     specs = parse_systems(systems)
     folders = list(data)
     for extra in ctx.args:
@@ -73,19 +81,26 @@ def behave(
         raise DataError(f"--limit must be at least 1, got {limit}")
     options = LoadOptions(device=device, dtype=dtype, device_map=device_map)
     config = {"systems": systems, "data": [str(f) for f in folders], "limit": limit, "device": device,
-              "prompts": style, "calibration": calibration}
-    answer_sets(specs, sets, out, load=lambda spec: spec.load(options), config=config, limit=limit,
-                prompt_style=style, calibration=calibration, progress=bar)
-    system_order = [spec.name for spec in specs]
-    rows = sorted((row for row in run_summary(out) if row["system"] in system_order and row["set"] in names),
-                  key=lambda row: (system_order.index(row["system"]), names.index(row["set"])))
+              "prompts": style, "calibration": calibration, "ablation": ablation, "seed": seed}
+    answer_sets(specs, sets, out, load=lambda spec: spec.load(options), config=config, limit=limit, seed=seed,
+                prompt_style=style, calibration=calibration, progress=bar, ablation=ablation)
     label = "calibrated (batch)" if calibration == "batch" else "uncalibrated"
-    typer.echo(f"{'system':24s} {'set':28s} {'items':>6s} {'accuracy':>9s}  ({style} prompts, {label})")
+    heard = f", audio ablated: {ablation} (seed {seed})" if ablation else ""
+    _echo_accuracy(run_summary(out), [system_folder(spec.name, ablation) for spec in specs], names,
+                   f"{style} prompts, {label}{heard}")
+    typer.echo(f"predictions in {out}; next: interp stats {out}")
+
+
+def _echo_accuracy(summary: list[dict], system_order: list[str], names: list[str], how: str) -> None:
+    """Accuracy per system (its run folder: `<system>+<ablation>` for an ablated one) and set, in the order asked."""
+    rows = sorted((row for row in summary if row["system"] in system_order and row["set"] in names),
+                  key=lambda row: (system_order.index(row["system"]), names.index(row["set"])))
+    typer.echo(f"{'system':24s} {'set':28s} {'items':>6s} {'accuracy':>9s}  ({how})")
     for row in rows:
         extra = f"  WER {row['wer']:.3f}" if row["wer"] is not None else ""
         extra += f"  unparsed {row['unparsed']}" if row["unparsed"] else ""
+        extra += f"  [audio ablated: {row['ablation']}]" if row.get("ablation") else ""
         typer.echo(f"{row['system']:24s} {row['set']:28s} {row['items']:6d} {row['accuracy']:9.3f}{extra}")
-    typer.echo(f"predictions in {out}; next: interp stats {out}")
 
 
 def stats_command(
@@ -129,9 +144,25 @@ def stats_command(
             level_name = "clean" if row["snr_db"] is None else f"{row['snr_db']:g} dB"
             typer.echo(f"  {level_name:>8s} {row['system']:24s} {row['accuracy']:.3f} [{row['low']:.3f}, "
                        f"{row['high']:.3f}] n={row['n']}")
+    _echo_ablations(stats["ablations"])
     typer.echo(f"wrote {out} ({pct} intervals, {n_boot} resamples, seed {seed})")
     for path in computed.written[1:]:
         typer.echo(f"wrote {path}")
+
+
+def _echo_ablations(rows: list[dict]) -> None:
+    """One line per ablated run: accuracy with its CI, and beside the clean run its accuracy and kappa."""
+    for row in rows:
+        line = f"ablation {row['folder']:24s} {row['set']:24s} n={row['n']}"
+        if row["accuracy"] is not None:
+            line += f"  acc {row['accuracy']:.3f} [{row['accuracy_ci'][0]:.3f}, {row['accuracy_ci'][1]:.3f}]"
+        if row["clean_accuracy"] is None:
+            typer.echo(line + f"  (no clean {row['system']} run to compare)")
+            continue
+        line += f"  clean acc {row['clean_accuracy']:.3f}"
+        if row["kappa_with_clean"] is not None:
+            line += f"  κ with clean {row['kappa_with_clean']:.3f} [{row['kappa_ci'][0]:.3f}, {row['kappa_ci'][1]:.3f}]"
+        typer.echo(line)
 
 
 def serve_command(

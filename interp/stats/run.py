@@ -3,6 +3,11 @@
 Reads every finished predictions file of a run (interp.behavior) and compares the systems on the items they all
 answered, with interp.stats.paired doing the numbers. Systems and sets are listed in the order of the run's
 `run.json`, then the others by name.
+
+Runs under an audio ablation (RUN/<system>+<ablation>/, interp.data.ablation) are controls, not systems: they are
+kept out of the per-set comparisons (and so out of the McNemar family the FDR correction counts) and reported in
+their own section, each beside the same system's unablated run on the same items (accuracy, and Cohen's kappa
+with the clean answers: near 0 when the audio carried the answer).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from interp.behavior.files import (
     SIDECAR_SUFFIX,
     read_predictions,
     read_sidecar,
+    sidecar_ablation,
 )
 from interp.behavior.prediction import Prediction, corpus_wer
 from interp.errors import DataError
@@ -29,6 +35,7 @@ from interp.stats.paired import (
     accuracy_with_ci,
     benjamini_hochberg,
     error_overlap,
+    kappa_with_ci,
     mcnemar,
     pairwise_kappa,
 )
@@ -40,12 +47,26 @@ _Lines = dict[str, list[Prediction]]
 
 
 @dataclass(frozen=True)
+class _Ablated:
+    """One finished run under an audio ablation: its folder, the system it ablates, the ablation, set and lines."""
+
+    folder: str
+    system: str
+    ablation: str
+    seed: int | None
+    set: str
+    lines: list[Prediction]
+
+
+@dataclass(frozen=True)
 class _Run:
-    """The finished files of a run: {set: {system: lines}}, systems in run order, and the files skipped."""
+    """The finished files of a run: {set: {system: lines}}, systems in run order, the files skipped and the
+    ablated runs (kept apart from the systems)."""
 
     sets: dict[str, _Lines]
     systems: list[str]
     skipped: list[str]
+    ablated: list[_Ablated]
 
 
 @dataclass(frozen=True)
@@ -74,20 +95,32 @@ def _load_run(run_dir: Path) -> _Run:
     order, set_order = _recorded_order(run_dir)
     sets: dict[str, _Lines] = {}
     skipped: list[str] = []
+    ablated: list[_Ablated] = []
     for path in sorted(run_dir.glob(f"*/*{PREDICTIONS_SUFFIX}")):
         info = read_sidecar(path.with_suffix(SIDECAR_SUFFIX))
         if info is None or info.get("status") != "done":
             skipped.append(str(path.relative_to(run_dir)))
             continue
         predictions = read_predictions(path)
-        if predictions:
+        ablation = sidecar_ablation(info)
+        if ablation is not None and predictions:
+            config = info["config"]
+            system = config.get("system", {}).get("name") or path.parent.name.partition("+")[0]
+            ablated.append(_Ablated(path.parent.name, system, ablation, config["ablation"].get("seed"), path.stem,
+                                    predictions))
+        elif predictions:
             sets.setdefault(path.stem, {})[path.parent.name] = predictions
-    if not sets:
+    if not sets and not ablated:
         raise DataError(f"{run_dir}: no finished predictions files (<system>/<set>.jsonl with a done <set>.json)")
     found = sorted({system for per_set in sets.values() for system in per_set})
     systems = [s for s in order if s in found] + [s for s in found if s not in order]
     names = [n for n in set_order if n in sets] + sorted(n for n in sets if n not in set_order)
-    return _Run({name: sets[name] for name in names}, systems, skipped)
+
+    def rank(order: list[str], value: str) -> int:
+        return order.index(value) if value in order else len(order)
+
+    ablated.sort(key=lambda a: (rank(systems, a.system), a.system, a.ablation, rank(names, a.set), a.set))
+    return _Run({name: sets[name] for name in names}, systems, skipped, ablated)
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -153,6 +186,31 @@ def _set_statistics(per_system: _Lines, systems: list[str], boot: _Bootstrap) ->
     return entry
 
 
+def _ablation_entry(ablated: _Ablated, clean: list[Prediction] | None, boot: _Bootstrap) -> dict[str, Any]:
+    """One row of the "ablations" section: accuracy under the ablation and, on the items the clean run of the
+    same system also answered, the clean accuracy and Cohen's kappa between the two runs' answers (forced choice
+    only; None without a clean run or for open answers)."""
+    by_id = {p.id: p for p in clean or []}
+    lines = [p for p in ablated.lines if p.id in by_id] if clean else ablated.lines
+    entry: dict[str, Any] = {
+        "system": ablated.system, "folder": ablated.folder, "ablation": ablated.ablation, "seed": ablated.seed,
+        "set": ablated.set, "n": len(lines), "accuracy": None, "accuracy_ci": None, "clean_accuracy": None,
+        "kappa_with_clean": None, "kappa_ci": None,
+    }
+    if not lines:
+        return entry
+    correct = np.array([bool(p.correct) for p in lines])
+    estimate = accuracy_with_ci(correct, n_boot=boot.n_boot, level=boot.level, seed=boot.seed)
+    entry.update(accuracy=estimate.value, accuracy_ci=[estimate.low, estimate.high])
+    if clean:
+        entry["clean_accuracy"] = float(np.mean([bool(by_id[p.id].correct) for p in lines]))
+        if all(p.n_choices > 0 for p in lines):
+            kappa = kappa_with_ci([p.prediction for p in lines], [by_id[p.id].prediction for p in lines],
+                                  n_boot=boot.n_boot, level=boot.level, seed=boot.seed)
+            entry.update(kappa_with_clean=kappa.value, kappa_ci=[kappa.low, kappa.high])
+    return entry
+
+
 def run_statistics(run_dir: Path, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Statistics of every finished predictions file of a run (the stats.json layout, see `interp stats`).
 
@@ -160,7 +218,8 @@ def run_statistics(run_dir: Path, *, n_boot: int = 1000, level: float = 0.95, se
     the kappa of every pair and the accuracy difference with paired bootstrap CIs (interp.stats.pairwise_kappa),
     the conditional error overlap with its chance level 1/(K-1) for K >= 3 choices; McNemar for every pair, with
     Benjamini-Hochberg q-values over ALL McNemar tests of the run; WER for transcription sets. Accuracy vs SNR
-    for every clean set with its noisy variants (matched by base item ids).
+    for every clean set with its noisy variants (matched by base item ids). "ablations": one row per ablated run
+    (system, ablation, set, accuracy, accuracy_ci, kappa_with_clean, n, ...; see `_ablation_entry`).
     """
     run = _load_run(run_dir)
     boot = _Bootstrap(n_boot, level, seed)
@@ -176,6 +235,7 @@ def run_statistics(run_dir: Path, *, n_boot: int = 1000, level: float = 0.95, se
         "run": str(run_dir), "systems": run.systems, "n_boot": n_boot, "level": level, "seed": seed,
         "fdr": {"method": "benjamini-hochberg", "family": "every McNemar test of the run", "m": len(tests)},
         "sets": out_sets, "snr": _snr_tables(run.sets, run.systems, boot), "skipped": run.skipped,
+        "ablations": [_ablation_entry(a, run.sets.get(a.set, {}).get(a.system), boot) for a in run.ablated],
         "provenance": provenance(command="interp stats", config={"run": str(run_dir), "n_boot": n_boot,
                                                                 "level": level}, seed=seed),
     }

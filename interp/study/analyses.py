@@ -17,10 +17,12 @@ from activations import ActivationCache
 from interp.behavior import (
     System,
     SystemSpec,
+    check_ablated_run,
     check_scoring,
     record_run,
     run_system,
     set_name,
+    system_folder,
 )
 from interp.data.manifest import SpokenSet
 from interp.io import write_json_atomic, write_text_atomic
@@ -53,13 +55,16 @@ __all__ = ["answer_sets", "ImplicitCascadeRun", "LensOutput", "StatsOutput", "wr
 def answer_sets(specs: Sequence[SystemSpec], sets: Sequence[SpokenSet], run: Path, *,
                 load: Callable[[SystemSpec], System], config: dict[str, Any], limit: int | None = None,
                 seed: int = 0, prompt_style: PromptStyle = "chat", calibration: Calibration = "none",
-                release: Callable[[SystemSpec], None] | None = None, progress: Progress = silent) -> list[Path]:
+                release: Callable[[SystemSpec], None] | None = None, progress: Progress = silent,
+                ablation: str | None = None) -> list[Path]:
     """Every system answers every set into the behaviour run `run` (RUN/<system>/<set>.jsonl, resumable).
 
     Systems load one at a time (`load`), and `release(spec)` is called when one has answered every set, so that a
     caller can let it go before the next loads (GPU memory). A system's scoring is checked on every set before
     it writes anything; the run (its systems, sets and `config`) is recorded once the first system passed.
-    Returns the predictions files, system by system."""
+    ablation: answer with every item's audio replaced (interp.data.ablation; RUN/<system>+<ablation>/, seeded by
+    `seed`), checked before any system loads. Returns the predictions files, system by system."""
+    check_ablated_run(ablation, specs, sets, limit=limit)
     names = [set_name(spoken.root) for spoken in sets]
     written = []
     for index, spec in enumerate(specs):
@@ -67,12 +72,13 @@ def answer_sets(specs: Sequence[SystemSpec], sets: Sequence[SpokenSet], run: Pat
         for spoken in sets:
             check_scoring(system, spoken, prompt_style=prompt_style)
         if index == 0:
-            record_run(run, systems=[spec.name for spec in specs], sets=names, config=config)
+            record_run(run, systems=[system_folder(spec.name, ablation) for spec in specs], sets=names,
+                       config=config)
         for spoken, name in zip(sets, names):
             with progress(f"{spec.name} / {name}", min(limit or len(spoken), len(spoken))) as update:
                 written.append(run_system(system, spoken, run, system_name=spec.name, limit=limit, spec=spec.spec,
                                           seed=seed, progress=increments(update), prompt_style=prompt_style,
-                                          calibration=calibration))
+                                          calibration=calibration, ablation=ablation))
         del system
         if release is not None:
             release(spec)
