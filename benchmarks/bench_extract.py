@@ -10,6 +10,7 @@
 3. Peak RSS of an extraction process at 100 and at 1,000 items (a fresh process each): rows go to disk
    shard by shard, so memory must not grow with the number of items.
 Usage: python benchmarks/bench_extract.py [--model mini-ultravox] [--items 32] [--rss-model tiny-ultravox]
+Against nnsight and TransformerLens on the same items and sites: benchmarks/bench_extract_peers.py.
 """
 
 from __future__ import annotations
