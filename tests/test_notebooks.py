@@ -1,8 +1,10 @@
-"""The tutorial notebooks run top to bottom on a tiny cache, produce what they say, and are committed clean.
+"""The tutorial notebooks run top to bottom, produce what they say, and are committed clean.
 
-One fixture serves all four: the 12-item sentiment set and a cache that `interp extract` makes from it with
+02-04 share one fixture: the 12-item sentiment set and a cache that `interp extract` makes from it with
 tiny-ultravox (random weights, so the numbers mean nothing; the tests check that the notebooks run the real
-APIs end to end and that what they write is well formed and consistent with the CLI).
+APIs end to end and that what they write is well formed and consistent with the CLI). 01 (nnsight tracing) and
+05 (TransformerLens) run on the real mini stack, mini-ultravox and the oracle's SmolLM2, where a patch moving
+the answer means something.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from activations import ActivationCache
+from interp.data import SpokenSet
 from interp.erasure import Eraser
 from interp.sites import sort_sites
 from probes import PROBES, ProbeReport
@@ -26,7 +29,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SETTINGS = ("CASCADE_INTERP_MODEL", "CASCADE_INTERP_SET", "CASCADE_INTERP_WORK", "CASCADE_INTERP_ACTIVATIONS",
             "CASCADE_INTERP_THREADS")
 KERNEL = "cascade-interp-tests"
-CELL_TIMEOUT = 300  # seconds per cell; each notebook takes about 10 s on the tiny cache
+CELL_TIMEOUT = 300  # seconds per cell; 02-04 take about 10 s each on the tiny cache, 01 and 05 about 30 s
 SITES = ["projector", "llm.layers.0", "llm.layers.1", "llm.layers.2"]
 
 
@@ -80,21 +83,39 @@ def printed(notebook: nbformat.NotebookNode) -> str:
                    for output in cell.outputs if output.output_type == "stream" and output.name == "stdout")
 
 
-def test_01_extracts_the_cache_the_cli_extracts(sentiment_set, tiny_cache, kernels, tmp_path) -> None:
-    """The notebook's own extraction (its prompts, sites, positions) gives the rows `interp extract`
-    gives, and its figure covers every site."""
-    notebook = execute("01_extract_and_explore", kernels, tmp_path, set=sentiment_set, work=tmp_path / "work")
-    made, reference = ActivationCache.open(tmp_path / "work" / "cache"), ActivationCache.open(tiny_cache)
-    assert made.sites == reference.sites == SITES
-    assert [m.id for m in made.items] == [m.id for m in reference.items] and len(made) == 12
-    assert made.header.model_info["spec"] == "tiny-ultravox"
-    for key, values in reference.row_table().items():
-        assert np.array_equal(made.row_table()[key], values, equal_nan=True), key
-    for site in SITES:
-        np.testing.assert_allclose(made.read(site), reference.read(site), rtol=1e-2, atol=1e-3)
-    figure = (tmp_path / "work" / "row_norms.html").read_text()
-    assert all(f'"name":"{site}"' in figure for site in SITES)
-    assert "seconds per audio row: median 0.160" in printed(notebook)
+def _scores(text: str, label: str) -> list[tuple[np.ndarray, str]]:
+    """Each `LABEL  [a b] → 'choice'` line the notebook printed, LABEL matching the regular expression `label`:
+    (scores, chosen answer)."""
+    found = re.findall(rf"{label}\s+\[([^\]]+)\] → '([^']+)'", text)
+    return [(np.array(values.split(), dtype=float), chosen) for values, chosen in found]
+
+
+def test_01_traces_mini_ultravox_patches_it_and_extracts_the_cache(sentiment_set, kernels, tmp_path) -> None:
+    """On the real mini-ultravox: the trace reads llm.layers.12 at the audio positions (the rows the notebook's
+    cache stores), zeroing them or adding the two items' direction changes the scores (the direction moves the
+    second item toward the first's answer), and the cache for 02-04 covers the set."""
+    notebook = execute("01_extract_and_explore", kernels, tmp_path, model="mini-ultravox", set=sentiment_set,
+                       work=tmp_path / "work")
+    text = printed(notebook)
+    assert "the site we look at: llm.layers.12" in text
+    clean, zeroed = _scores(text, "clean"), _scores(text, re.escape("llm.layers.12 audio zeroed"))
+    assert len(clean) == len(zeroed) == 2
+    assert all(np.abs(a - b).max() > 1e-2 for (a, _), (b, _) in zip(clean, zeroed))
+    steered = [scores for scale in ("-1", "+0", "+1")
+               for scores, _ in _scores(text, re.escape(f"audio rows {scale}·d"))]
+    spoken = SpokenSet.open(sentiment_set)
+    toward = spoken.items[0].choices.index(spoken.items[0].answer)  # the first item's answer
+    margins = [scores[toward] - np.delete(scores, toward).max() for scores in steered]
+    assert len(margins) == 3 and margins[0] < margins[1] < margins[2]
+    assert np.allclose(steered[1], clean[1][0])  # adding 0·d is the clean pass
+    made = ActivationCache.open(tmp_path / "work" / "cache")
+    assert made.sites == ["projector"] + [f"llm.layers.{i}" for i in range(30)]
+    assert [m.id for m in made.items] == [item.id for item in spoken.items] and len(made) == 12
+    assert made.header.model_info["spec"] == "mini-ultravox"
+    assert "seconds per audio row: median 0.160" in text
+    relative = float(re.search(r"max relative difference ([0-9.e+-]+)", text).group(1))
+    assert relative < 1e-2  # the trace's rows are the cache's, up to float16
+    assert '"name":"audio"' in (tmp_path / "work" / "site_norms.html").read_text()
 
 
 def test_02_probes_every_site_and_matches_the_hand_made_ctc_probe(sentiment_set, tiny_cache, kernels, work) -> None:
@@ -139,6 +160,25 @@ def test_04_erases_at_audio_positions_and_compares_the_answers(sentiment_set, ti
     erasure = json.loads((work / "run" / "tiny-ultravox+erase-text" / f"{sentiment_set.name}.erasure.json").read_text())
     assert erasure["concept"] == "text" and erasure["positions"] == "audio"
     assert (work / "run" / "kappa_heatmap.html").is_file()
+
+
+def test_05_bridges_the_oracles_smollm2_to_transformer_lens_and_patches_heads(kernels, tmp_path) -> None:
+    """On the oracle's real SmolLM2: the bridge shares its weights, gives its residual stream and its scores, and
+    zeroing the heads that read the transcript moves the scores while the TextLM answers as before."""
+    notebook = execute("05_text_side_transformer_lens", kernels, tmp_path, work=tmp_path / "work")
+    text = printed(notebook)
+    assert "smollm2-135m-instruct: 30 layers" in text and "weights shared with the TextLM: True" in text
+    assert "llm.layers.29  blocks.29.hook_resid_post" in text
+    difference = float(re.search(r"max \|bridge − TextLM\| ([0-9.e+-]+)", text).group(1))
+    assert difference < 5e-3  # eager against sdpa attention, on a stream whose entries reach 2e4
+    [(own, _)], [(bridged, _)] = _scores(text, re.escape("TextLM.score_choices")), _scores(text, "bridge")
+    np.testing.assert_allclose(bridged, own, atol=5e-3)
+    assert len(re.findall(r"of its attention on the transcript", text)) == 3
+    (clean, _), *zeroed = _scores(text, "clean") + _scores(text, r"zeroed(?: L\d+H\d+)+")
+    assert len(zeroed) == 2 and all(np.abs(scores - clean).max() > 1e-2 for scores, _ in zeroed)
+    np.testing.assert_array_equal(_scores(text, "TextLM afterwards")[0][0], own)  # the shared model is untouched
+    figure = (tmp_path / "work" / "attention_pattern.html").read_text()
+    assert re.search(r"blocks\.\d+\.attn\.hook_pattern at the answer position", figure)
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.stem)
