@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # interp.erasure imports probes, so parselmouth: only after i
     from nnsight import Envoy
     from nnsight.intervention.tracer import InterleavingTracer
 
-    from interp.erasure.eraser import Eraser, SiteEraser
+    from interp.erasure.eraser import Eraser
 
 __all__ = ["Positions", "TracedSite", "TracedSystem", "import_nnsight", "trace"]
 
@@ -184,16 +184,6 @@ def _text_batch(rows: Sequence[Sequence[int]], *, pad_id: int) -> SpeechBatch:
     input_ids, attention_mask = right_pad(rows, pad_id=pad_id)
     return SpeechBatch({"input_ids": input_ids, "attention_mask": attention_mask}, input_ids, attention_mask,
                        torch.zeros(input_ids.shape, dtype=torch.bool), np.full((*input_ids.shape, 2), np.nan))
-
-
-def _checked(name: str, eraser: SiteEraser) -> Callable[[Tensor], Tensor]:
-    """The site's eraser as an edit that first checks the activation's width (one line naming the fix)."""
-    def erase(x: Tensor) -> Tensor:
-        if x.shape[-1] != eraser.d:
-            raise InterpError(f"site {name}: the model's activations are {x.shape[-1]} wide but the eraser was "
-                              f"fitted on {eraser.d}; use an eraser fitted on this model")
-        return eraser(x)
-    return erase
 
 
 class TracedSystem:
@@ -357,8 +347,10 @@ class TracedSystem:
             raise SiteError(f"the eraser has no site {unknown[0]!r}: it was fitted on {describe_sites(fitted)}")
         for name in chosen:
             self.site(name)  # a site this system lacks: SiteError, rank 0 or not
-        self.edits({name: _checked(name, eraser.sites[name]) for name in chosen if eraser.sites[name].rank > 0},
-                   positions=positions)
+        from interp.erasure.apply import checked_edit  # after import_nnsight: interp.erasure imports parselmouth
+
+        self.edits({name: checked_edit(name, eraser.sites[name], eraser.model) for name in chosen
+                    if eraser.sites[name].rank > 0}, positions=positions)
 
 
 def trace(system: object) -> TracedSystem:

@@ -20,6 +20,17 @@ def sentiment_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_cache(sentiment_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`interp extract` of tiny-ultravox on the set's first 2 items: projector, llm.embed and every LLM layer at the
+    audio positions, float32. Shared by several test files: read it, never write into it."""
+    out = tmp_path_factory.mktemp("tiny-cache") / "cache"
+    made = run_cli("extract", "--model", "tiny-ultravox", "--data", sentiment_set, "--out", out, "--sites",
+                   "projector,llm.embed,llm.layers.*", "--dtype", "float32", "--limit", "2")
+    assert made.returncode == 0, made.stderr
+    return out
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Small torch ops (CTC probes, LEACE on tiny data): a second intra-op thread only adds scheduling

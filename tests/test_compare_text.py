@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,15 +202,6 @@ def test_text_llm_of_a_cascade_is_refused_in_one_line(tiny_llm) -> None:
     with pytest.raises(InterpError, match="no language model of its own") as error:
         text_llm_of(Cascade(None, tiny_llm, name="tiny-cascade"))
     assert "\n" not in str(error.value)
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(sentiment_set, tmp_path_factory) -> Path:
-    cache = tmp_path_factory.mktemp("compare") / "cache"
-    made = run_cli("extract", "--model", "tiny-ultravox", "--data", sentiment_set, "--out", cache, "--sites",
-                   "llm.layers.*", "--limit", "2", "--dtype", "float32")
-    assert made.returncode == 0, made.stderr
-    return cache
 
 
 def test_compare_text_end_to_end_on_tiny_ultravox(tiny_cache, sentiment_set, tmp_path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,16 +42,6 @@ def spoken(sentiment_set) -> SpokenSet:
 
 
 @pytest.fixture(scope="module")
-def cache(sentiment_set, tmp_path_factory) -> Path:
-    """`interp extract` on two items, float32, audio positions (the default)."""
-    out = tmp_path_factory.mktemp("trace") / "cache"
-    made = run_cli("extract", "--model", "tiny-ultravox", "--data", sentiment_set, "--out", out, "--sites",
-                   "projector,llm.embed,llm.layers.*", "--dtype", "float32", "--limit", "2")
-    assert made.returncode == 0, made.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
 def ultravox():
     return load_model("tiny-ultravox")
 
@@ -80,10 +69,10 @@ def _hooked_scores(model, changes: dict, audio_positions: bool, source, prompt: 
 # reading
 
 
-def test_a_site_saved_in_a_trace_equals_the_rows_interp_extract_stores(cache, spoken, traced) -> None:
+def test_a_site_saved_in_a_trace_equals_the_rows_interp_extract_stores(tiny_cache, spoken, traced) -> None:
     """The cache holds the audio positions only (docs/cache-format.md); the trace's tensor at the batch's
     audio_mask gives the same rows, at the same positions, for every site."""
-    stored = ActivationCache.open(cache)
+    stored = ActivationCache.open(tiny_cache)
     table = stored.row_table()
     assert list(stored.sites) == ["projector", "llm.embed", "llm.layers.0", "llm.layers.1", "llm.layers.2"]
     for row, item in enumerate(spoken.items[:2]):
@@ -181,11 +170,11 @@ def test_a_text_llm_edit_at_every_position_edits_the_choices_continuation_too() 
             traced.edit("llm.layers.1", torch.zeros_like, positions="audio")
 
 
-def test_a_leace_eraser_in_a_trace_equals_interp_erase_eval(cache, spoken, sentiment_set, traced, ultravox,
+def test_a_leace_eraser_in_a_trace_equals_interp_erase_eval(tiny_cache, spoken, sentiment_set, traced, ultravox,
                                                              tmp_path) -> None:
     """An eraser fitted on the extracted cache: `interp erase eval`'s scores (its predictions file) and
     apply_eraser's logits equal those of the same eraser applied in a trace (traced.erase)."""
-    eraser = fit_eraser(cache, spoken, "chars", "llm.layers.0,2")
+    eraser = fit_eraser(tiny_cache, spoken, "chars", "llm.layers.0,2")
     assert all(entry["rank"] > 0 for entry in eraser.summary())
     run = tmp_path / "run"
     evaluated = run_cli("erase", "eval", "--model", "tiny-ultravox", "--data", sentiment_set, "--eraser",

@@ -34,7 +34,7 @@ from interp.errors import InterpError
 from interp.models.base import Site, SpeechBatch, SpeechLM
 from interp.sites import SiteError, describe_sites, expand_sites
 
-__all__ = ["Positions", "ActiveErasure", "apply_eraser"]
+__all__ = ["Positions", "ActiveErasure", "apply_eraser", "checked_edit"]
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _check_model(model: SpeechLM, eraser: Eraser, chosen: list[str], table: dict
                      getattr(model, "weights", None))
 
 
-def _checked(name: str, site: SiteEraser, model: str | None) -> Edit:
+def checked_edit(name: str, site: SiteEraser, model: str | None) -> Edit:
     """The site's eraser as an edit that first checks the activation's width (one line naming the fix)."""
     def erase(x: Tensor) -> Tensor:
         if x.shape[-1] != site.d:
@@ -131,7 +131,8 @@ def apply_eraser(model: SpeechLM, eraser: Eraser, *, sites: Sequence[str] | str 
     if positions == "audio" and not hasattr(model, "prepare"):
         raise InterpError(f"{_name(model)} reads no audio: use positions='all' to erase a text model's every position")
     active = ActiveErasure(model, eraser, chosen, positions)
-    edits = {name: _checked(name, eraser.sites[name], eraser.model) for name in chosen if eraser.sites[name].rank > 0}
+    edits = {name: checked_edit(name, eraser.sites[name], eraser.model) for name in chosen
+             if eraser.sites[name].rank > 0}
     with ExitStack() as stack:
         audio = None
         if positions == "audio" and any(table[name].seconds_per_row is None for name in edits):
