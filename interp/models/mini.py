@@ -3,6 +3,8 @@
 `mini-cascade` (Whisper-base → SmolLM2-135M-Instruct) is the matched cascade of `mini-ultravox`
 (Whisper-base encoder → Ultravox projector → the same SmolLM2); `mini-cascade-weak` swaps in Whisper
 tiny.en (the study's Cascade-W) and `mini-cascade-gemma` swaps in Gemma-3-270m (a mismatched backbone).
+`mini-disguise` is the positive control: mini-cascade's parts as a speech LLM that is a cascade by construction
+(interp.models.disguise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from interp.errors import InterpError
 from interp.models.base import build_seeded
 from interp.models.cascade import Cascade, Oracle
 from interp.models.checkpoints import CHECKPOINT_SPECS, LoadOptions, load_checkpoint, load_checkpoint_tokenizer
+from interp.models.disguise import DisguisedSpeechLM, load_disguise
 from interp.models.text_lm import TextLM
 from interp.models.tiny import TINY_MODELS
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
@@ -59,6 +62,9 @@ MODEL_CARDS: dict[str, ModelCard] = {card.name: card for card in (
               "(trained here by distillation, shipped) + SmolLM2-135M-Instruct", "MIT (Whisper) / Apache-2.0 (SmolLM2)",
               _WHISPER_BASE + _SMOLLM2),
     ModelCard("mini-cascade", "cascade", "74 M + 135 M", "Whisper-base (CTranslate2) → SmolLM2-135M-Instruct (GGUF)",
+              "MIT / Apache-2.0", _WHISPER_BASE + _SMOLLM2),
+    ModelCard("mini-disguise", "speech-lm", "74 M + 135 M", "Whisper-base's timed transcript laid out as "
+              "SmolLM2-135M-Instruct's input embeddings at the audio positions: a cascade by construction",
               "MIT / Apache-2.0", _WHISPER_BASE + _SMOLLM2),
     ModelCard("mini-cascade-weak", "cascade", "39 M + 135 M", "Whisper tiny.en → SmolLM2-135M-Instruct",
               "MIT / Apache-2.0", _WHISPER_TINY + _SMOLLM2),
@@ -164,6 +170,8 @@ def assemble_mini_ultravox(whisper_config, encoder_state: dict, llm: nn.Module, 
 _BUILDERS: dict[str, Callable[[], object]] = {
     "mini-ultravox": build_mini_ultravox,
     "mini-cascade": lambda: Cascade(WhisperASR("base", name="mini-whisper"), _smollm2(), name="mini-cascade"),
+    "mini-disguise": lambda: DisguisedSpeechLM(WhisperASR("base", name="mini-whisper"), _smollm2(),
+                                               name="mini-disguise"),
     "mini-cascade-weak": lambda: Cascade(WhisperASR("tiny.en", name="mini-whisper-tiny"), _smollm2(),
                                          name="mini-cascade-weak"),
     "mini-cascade-gemma": lambda: Cascade(WhisperASR("base", name="mini-whisper"), _gemma(), name="mini-cascade-gemma"),
@@ -194,6 +202,9 @@ def load_model(name: str, *, options: LoadOptions | None = None, loaded: Mapping
     CHECKPOINT_SPECS). The named models only honour `options.device`: they are built in float32 on one device.
     loaded: checkpoints already loaded, by spec, which an own-backbone cascade shares (see load_checkpoint).
     Raises InterpError listing the known names."""
+    if name.partition(":")[0] == "disguise":  # its parts may be names, which load_checkpoint does not know
+        return load_disguise(name, options=options or LoadOptions(),
+                             load=lambda part: load_model(part, options=options, loaded=loaded))
     if ":" in name:
         return load_checkpoint(name, options=options or LoadOptions(), loaded=loaded)
     if name not in _BUILDERS:
@@ -211,7 +222,7 @@ def load_model(name: str, *, options: LoadOptions | None = None, loaded: Mapping
 def load_tokenizer(name: str) -> object:
     """The tokenizer of the model `name` names: a checkpoint's is read alone (loading a 7B model for it would
     take minutes), a named model's comes with the model. Raises InterpError for a model without one."""
-    if ":" in name:
+    if ":" in name and name.partition(":")[0] != "disguise":
         return load_checkpoint_tokenizer(name)
     _log.info("loading %s for its tokenizer", name)
     tokenizer = getattr(load_model(name), "tokenizer", None)

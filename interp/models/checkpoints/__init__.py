@@ -1,4 +1,5 @@
-"""Real checkpoints from local folders: `qwen2-audio:PATH`, `ultravox:PATH`, `phi4mm:PATH`, `cascade:asr=PATH,llm=PATH`.
+"""Real checkpoints from local folders: `qwen2-audio:PATH`, `ultravox:PATH`, `phi4mm:PATH`, `cascade:asr=PATH,llm=PATH`
+(and the spec of `disguise:asr=…,llm=…`, which interp.models.mini loads: interp.models.disguise).
 
 Users with a GPU box keep their checkpoints in local folders; nothing here reaches a model hub
 (`local_files_only=True` everywhere) or runs remote code. Weights are read from safetensors only (no pickle),
@@ -61,6 +62,8 @@ def load_checkpoint(spec: str, *, options: LoadOptions,
     if not rest.strip():
         raise InterpError(f"{spec!r} names no path; write {CHECKPOINT_SPECS[kind]}")
     options.torch_device()
+    if kind == "disguise":  # its parts may be model names, which only interp.models.mini knows
+        raise InterpError(f"{spec!r}: a disguise is loaded by interp.models.mini.load_model")
     if kind == "cascade":
         return load_cascade(spec, rest, options, loaded=loaded or {},
                             load_speech=lambda speech: load_checkpoint(speech, options=options))

@@ -14,6 +14,7 @@ CHECKPOINT_SPECS = {
     "ultravox": "ultravox:PATH[,audio=PATH][,llm=PATH]",
     "phi4mm": "phi4mm:PATH[,speech_lora=off]",
     "cascade": "cascade:asr=PATH,llm=PATH | cascade:asr=PATH,llm=self,speech=SPEC",
+    "disguise": "disguise:asr=PATH|NAME,llm=PATH|NAME|SPEC",
 }
 """The model spec of each checkpoint kind, as `--model` takes it."""
 
