@@ -235,6 +235,8 @@ def _plans(args: argparse.Namespace) -> dict[str, StudyPlan]:
         plans[model.name] = StudyPlan(
             speech_model=speech, cascade=f"cascade:asr={whisper},llm={_folder(llm)},name={MATCHED}",
             extra_systems=[own, *extra], suites={}, benchmarks=dict.fromkeys(BENCHMARKS, args.items),
+            # the positive control: the matched cascade's Whisper and LLM as a speech LLM, a cascade by construction
+            controls=[f"disguise:asr={whisper},llm={_folder(llm)}"], ablations=["swap", "silence"],
             benchmark_files=dict(files), noisy_sets=list(BENCHMARKS), snrs=args.snrs,
             analysis_sets=[name.strip() for name in args.analysis_sets.split(",") if name.strip()],
             concepts=list(CONCEPTS), engine="espeak" if args.dry_run else "piper", cache_dtype=args.cache_dtype,

@@ -28,9 +28,14 @@ def test_dry_run_runs_every_stage_for_every_model(tmp_path, capsys) -> None:
             assert (out / model / "stages" / f"{stage}.json").is_file(), (model, stage)
             assert f"{model:12s} {stage:10s} done" in printed
     assert "implicit-cascade" in (out / "ultravox" / "behave" / "stats.json").read_text()
+    # beside the cascades: the disguise of the matched cascade's parts (the positive control) with its implicit
+    # cascade, and the speech model, the matched cascade and the control under swap and silence
     assert sorted(p.name for p in (out / "ultravox" / "behave").iterdir() if p.is_dir()) == [
-        "cascade-s", "cascade-w", "implicit-cascade-L2", "matched-cascade", "own-backbone-cascade",
-        "ultravox-ultravox"]
+        "cascade-s", "cascade-w", "disguise-whisper", "disguise-whisper+silence", "disguise-whisper+swap",
+        "disguise-whisper-implicit-cascade-L2", "implicit-cascade-L2", "matched-cascade", "matched-cascade+silence",
+        "matched-cascade+swap", "own-backbone-cascade", "ultravox-ultravox", "ultravox-ultravox+silence",
+        "ultravox-ultravox+swap"]
+    assert (out / "ultravox" / "controls" / "disguise-whisper" / "erasure" / "sweep.json").is_file()
     # Phi-4-MM answered with its speech LoRA on, and its predictions record it.
     assert '"speech_lora": "on"' in (out / "phi4mm" / "behave" / "phi4mm-phi4mm" / "sst2.json").read_text()
     # κ of each model with both cascades, as printed, is the stats stage's for that pair (which tests/test_stats.py

@@ -21,22 +21,29 @@ def demo_command(
     out: Path = typer.Option(Path("demo"), "--out", help="The study folder (created; a rerun reuses finished "
                              "stages)."),
     stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
-                               "sets, behaviour, caches, probes, lens, erasure, stats, report."),
+                               "sets, behaviour, ablations, caches, probes, lens, erasure, stats, report."),
     suite_items: int = typer.Option(24, help="Items per built-in suite (sentiment, topic, pitch, rate)."),
-    benchmark_items: int = typer.Option(80, help="Items of the SST-2 and AG News subsets (spoken by TTS); 200 "
-                                        "with --suite-items 40 took 35 min on 2 cores instead of 20."),
+    benchmark_items: int = typer.Option(80, help="Items of the SST-2 and AG News subsets (spoken by TTS); every "
+                                        "behaviour system answers each (timings: interp.study.demo_plan)."),
     threads: int = typer.Option(2, help="Torch threads."),
     seed: int = typer.Option(0, help="Seed of the sets, voices, noise, splits and bootstraps."),
     prompts: Optional[str] = typer.Option(None, "--prompts", metavar="STYLE", help="chat or few-shot (default: "
                                           "the demo plan's choice, see README)."),
     calibrate: str = typer.Option("none", "--calibrate", metavar="none|batch",
                                   help="Calibration of the behaviour stage's forced choices."),
+    erasure_ranks: str = typer.Option("", "--erasure-ranks", metavar="K,K",
+                                      help="Also sweep text and the random controls at these ranks (e.g. 8,32); "
+                                      "default none."),
 ) -> None:
-    """The whole study in miniature on CPU: mini-ultravox against mini-cascade (same SmolLM2) and the text
-    oracle. Builds the spoken sets (built-in suites, SST-2 and AG News subsets, babble at 20/10/5/0 dB), lets
-    every system answer, caches mini-ultravox's layers, probes them, reads them with the logit lens (and the
-    implicit cascade), erases text / random / acoustic concepts with LEACE, computes the statistics and writes
-    OUT/report.html (self-contained, opens offline). Per-stage and total times are printed at the end."""
+    """The whole study in miniature on CPU: mini-ultravox against mini-cascade (same SmolLM2), beside the
+    positive control mini-disguise (a cascade by construction), mini-cascade-weak (Whisper tiny.en: the ceiling of
+    two cascades' agreement), mini-cascade-gemma (another LLM) and the text oracle. Builds the spoken sets
+    (built-in suites, SST-2 and AG News subsets, babble at 20/10/5/0 dB), lets every system answer, and the speech
+    model, the cascade and the control answer the analysis sets again with their audio swapped and silenced;
+    caches mini-ultravox's and mini-disguise's layers, probes them, reads them with the logit lens (and the
+    implicit cascade), erases text against three random controls and acoustic concepts with LEACE, computes the
+    statistics and writes OUT/report.html (self-contained, opens offline), where each reading of mini-ultravox
+    stands between the control's and the ablations'. Per-stage and total times are printed at the end."""
     import torch
 
     from interp.study import demo_plan
@@ -49,7 +56,18 @@ def demo_command(
     plan.suites = {task: suite_items for task in plan.suites}
     plan.benchmarks = {name: benchmark_items for name in plan.benchmarks}
     plan.seed = seed
+    plan.erasure_ranks = _ranks(erasure_ranks)
     _run(plan, out, stages, command="interp demo")
+
+
+def _ranks(text: str) -> list[int]:
+    """--erasure-ranks 8,32 → [8, 32]; one line (exit 2) for anything else."""
+    from interp.errors import InterpError
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise InterpError(f"--erasure-ranks {text!r}: give whole numbers >= 1, e.g. 8,32")
+    return [int(part) for part in parts]
 
 
 def study_command(
@@ -57,7 +75,7 @@ def study_command(
                                    "interp.study.StudyPlan's fields (a key left out keeps the demo's value)."),
     out: Path = typer.Option(..., "--out", help="The study folder (created; a rerun reuses finished stages)."),
     stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
-                               "sets, behaviour, caches, probes, lens, erasure, stats, report."),
+                               "sets, behaviour, ablations, caches, probes, lens, erasure, stats, report."),
 ) -> None:
     """A whole study as a plan file describes it: the demo's stages on other models, sets and sizes (checkpoint
     specs name local folders, see `interp models list`). Writes OUT/report.html; per-stage times at the end."""

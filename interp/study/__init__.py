@@ -4,16 +4,24 @@ Stages, in order (each writes OUT/stages/<stage>.json when it finishes; a rerun 
 
   sets       spoken sets: the built-in suites by TTS, benchmark subsets (SST-2, AG News, …) by TTS, and babble
              copies of chosen sets at falling SNRs                                     → OUT/sets/<name>
-  behaviour  every system (speech LLM, matched cascade, oracle, …) answers every set   → OUT/behave/<system>/<set>.jsonl
+  behaviour  every system (speech LLM, matched cascade, controls, oracle, …) answers every set
+                                                                                      → OUT/behave/<system>/<set>.jsonl
+  ablations  the speech LLM, the cascade and the controls answer the analysis sets with their audio swapped,
+             silenced, … (what no use of the audio looks like)                  → OUT/behave/<system>+<ablation>/
   caches     the speech LLM's `llm.layers.*` at audio positions for the analysis sets, and its encoder's
              `audio.layers.*` for the first one (the probes' control)                  → OUT/caches/<set>[-encoder]
   probes     energy, pitch, CTC and bag-of-characters by layer on the first analysis set's caches → OUT/probes.json
   lens       RMSNorm logit lens by layer; the implicit cascade (lens text → the speech LLM's own text LLM)
              answers the analysis sets into the behaviour run                           → OUT/lens/<set>.json
-  erasure    LEACE sweep (text / random / acoustic concepts at all layers, fit and evaluation halves)
-                                                                                        → OUT/erasure/sweep.json
-  stats      κ, error overlap, McNemar + BH, accuracy vs SNR over the behaviour run     → OUT/behave/stats.json
+  erasure    LEACE sweep (text against three random controls, acoustic concepts, at the plan's layers, fit and
+             evaluation halves)                                                         → OUT/erasure/sweep.json
+  stats      κ, error overlap, McNemar + BH, accuracy vs SNR, the ablations' rows       → OUT/behave/stats.json
   report     one self-contained HTML page of all of it                                 → OUT/report.html
+
+Every instrument (caches, probes, lens, erasure) also reads each of the plan's `controls` (by default
+mini-disguise, a cascade by construction) into OUT/controls/<control>/ with the same layout, so that the report
+can show each reading of the speech model between what a cascade looks like to that instrument (the control)
+and what no use of the audio looks like (the ablations).
 
 A study folder belongs to one plan and one set of weights: rerunning with other settings, or after mini-ultravox's
 shipped projector changed, is refused (choose another --out), so a finished stage is never mixed with a changed
@@ -71,7 +79,7 @@ def _plan_record(plan: StudyPlan) -> dict[str, Any]:
     mini-ultravox projector), so that finished stages are not reused with other weights."""
     from interp.models.mini import weights_of
 
-    systems = [plan.speech_model, plan.cascade, *plan.extra_systems]
+    systems = plan.behaviour_systems()
     return plan.to_dict() | {"weights": {spec: w for spec in systems if (w := weights_of(spec)) is not None}}
 
 

@@ -112,7 +112,8 @@ def write_probes(caches: Sequence[ActivationCache], spoken: SpokenSet, out: Path
 @dataclass(frozen=True)
 class ImplicitCascadeRun:
     """The implicit cascade of a lens run: `llm` answers `spoken`'s task from the lens text at `layer`, into the
-    behaviour run folder `run` (RUN/implicit-cascade-L<layer>/<set>.jsonl). `label` names the set in the JSON."""
+    behaviour run folder `run` (RUN/implicit-cascade-L<layer>/<set>.jsonl). `label` names the set in the JSON;
+    `name` (default the system's own) names its folder, so that two models' implicit cascades share one run."""
 
     spoken: SpokenSet
     layer: int
@@ -121,6 +122,7 @@ class ImplicitCascadeRun:
     label: str
     prompt_style: PromptStyle = "chat"
     calibration: Calibration = "none"
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def write_lens(cache: ActivationCache, layers: Sequence[int], *, model: SpeechLM
                                   normalizer=normalizer)
         answered = reader.restrict(implicit.spoken)
         with progress(f"implicit cascade{bar_label} L{implicit.layer}", len(answered)) as update:
-            path = run_system(reader, answered, implicit.run, system_name=reader.name, seed=seed,
+            path = run_system(reader, answered, implicit.run, system_name=implicit.name or reader.name, seed=seed,
                               progress=increments(update), prompt_style=implicit.prompt_style,
                               calibration=implicit.calibration)
         sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))

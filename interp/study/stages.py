@@ -22,7 +22,8 @@ from interp.errors import InterpError
 from interp.models.base import describe_model, other_weights
 from interp.models.checkpoints import LoadOptions
 from interp.models.implicit_cascade import implicit_cascade_llm
-from interp.models.mini import load_model
+from interp.models.mini import MODEL_CARDS, load_model
+from interp.models.text_lm import TextLM
 from interp.provenance import provenance
 from interp.report import write_study_report
 from interp.resources import resource_path
@@ -39,9 +40,27 @@ from interp.study.plan import StudyPlan
 from interp.study.progress import Progress
 from interp.task_prompts import task_prompt
 
-__all__ = ["StudyStages"]
+__all__ = ["StudyStages", "control_folder"]
 
 _log = logging.getLogger(__name__)
+
+
+def _implicit_llm(model: System, spec: str) -> TextLM | None:
+    """The text LLM that reads `model`'s lens text (its implicit cascade): an Ultravox's own LLM, or the LLM a
+    disguise lays its transcript out for (`llm`); None, with a warning, for a model with neither."""
+    try:
+        return implicit_cascade_llm(model)
+    except InterpError as error:
+        own = getattr(model, "llm", None)
+        if isinstance(own, TextLM):
+            return own
+        _log.warning("no implicit cascade for %s: %s", spec, error)
+        return None
+
+
+def control_folder(out: Path, spec: str) -> Path:
+    """Where every instrument's outputs for the control `spec` go: OUT/controls/<its behaviour system name>."""
+    return Path(out) / "controls" / parse_systems(spec)[0].name
 
 
 class StudyStages:
@@ -78,6 +97,29 @@ class StudyStages:
         return [self.out / "sets" / f"{name}-babble" / noisy_set_name(snr)
                 for name in self.plan.noisy_sets for snr in self.plan.snrs]
 
+    def subjects(self) -> list[tuple[str, Path]]:
+        """The models every instrument reads, with the folder each one's outputs go to: the speech model's to
+        OUT, each control's to OUT/controls/<its system name>."""
+        return [(self.plan.speech_model, self.out)] + [
+            (spec, control_folder(self.out, spec)) for spec in self.plan.controls]
+
+    def release(self, spec: str) -> None:
+        """Let a model go once a stage is done with it; the speech LLM stays loaded for the stages that follow."""
+        if spec != self.plan.speech_model:
+            self.drop(spec)
+
+    def answer(self, specs: list[SystemSpec], folders: list[Path], *, ablation: str | None = None) -> list[Path]:
+        """`specs` answer the sets at `folders` into OUT/behave (answer_sets), under `ablation` if given."""
+        plan = self.plan
+        config = {"systems": [s.spec for s in specs], "data": [str(f) for f in folders], "limit": None,
+                  "device": plan.device, "prompts": plan.prompt_style, "calibration": plan.calibration,
+                  "ablation": ablation}
+        return answer_sets(specs, [SpokenSet.open(folder) for folder in folders], self.out / "behave",
+                           load=lambda spec: spec.load() if spec.is_endpoint else self.model(spec.spec),
+                           config=config, seed=plan.seed, prompt_style=plan.prompt_style,
+                           calibration=plan.calibration, release=lambda spec: self.release(spec.spec),
+                           progress=self.progress, ablation=ablation)
+
     # -- stages ---------------------------------------------------------------------------------------------
     def sets(self) -> list[Path]:
         plan = self.plan
@@ -112,88 +154,112 @@ class StudyStages:
         return [self.set_path(name) for name in sources] + self.noisy_paths()
 
     def behaviour(self) -> list[Path]:
+        specs = parse_systems(",".join(self.plan.behaviour_systems()))
+        return self.answer(specs, [self.set_path(name) for name in self.plan.set_names()] + self.noisy_paths())
+
+    def ablations(self) -> list[Path]:
+        """The speech model, the cascade and the controls answer the analysis sets under each ablation (systems
+        that read text, such as the oracle, hear nothing to ablate and are left out). One system at a time, every
+        ablation before the next loads."""
         plan = self.plan
-        specs = parse_systems(",".join([plan.speech_model, plan.cascade, *plan.extra_systems]))
-        folders = [self.set_path(name) for name in plan.set_names()] + self.noisy_paths()
-        config = {"systems": [s.spec for s in specs], "data": [str(f) for f in folders], "limit": None,
-                  "device": plan.device, "prompts": plan.prompt_style, "calibration": plan.calibration}
-
-        def release(spec: SystemSpec) -> None:
-            if spec.spec != plan.speech_model:
-                self.drop(spec.spec)  # the speech LLM stays loaded for the stages that follow
-
-        return answer_sets(specs, [SpokenSet.open(folder) for folder in folders], self.out / "behave",
-                           load=lambda spec: spec.load() if spec.is_endpoint else self.model(spec.spec),
-                           config=config, seed=plan.seed, prompt_style=plan.prompt_style,
-                           calibration=plan.calibration, release=release, progress=self.progress)
+        heard = [spec for spec in parse_systems(",".join(dict.fromkeys([plan.speech_model, plan.cascade,
+                                                                         *plan.controls])))
+                 if getattr(MODEL_CARDS.get(spec.spec), "kind", None) != "text-lm"]
+        folders = [self.set_path(name) for name in plan.analysis_sets]
+        written = []
+        for spec in heard:
+            for ablation in plan.ablations:
+                written += self.answer([spec], folders, ablation=ablation)
+        return written
 
     def caches(self) -> list[Path]:
-        model = self.model(self.plan.speech_model)
-        jobs = [(name, "llm.layers.*", self.out / "caches" / name) for name in self.plan.analysis_sets]
+        written = []
+        for spec, root in self.subjects():
+            written += self._caches(spec, root)
+            self.release(spec)
+        return written
+
+    def _caches(self, spec: str, root: Path) -> list[Path]:
+        """`spec`'s `llm.layers.*` on every analysis set, and its encoder's on the first, into ROOT/caches."""
+        model = self.model(spec)
+        jobs = [(name, "llm.layers.*", root / "caches" / name) for name in self.plan.analysis_sets]
         first = self.plan.analysis_sets[0]
         if any(site.startswith("audio.layers.") for site in model.sites()):
-            jobs.append((first, "audio.layers.*", self.out / "caches" / f"{first}-encoder"))
+            jobs.append((first, "audio.layers.*", root / "caches" / f"{first}-encoder"))
         written = []
         for name, sites, out in jobs:
             spoken = self.spoken(name)
             if (out / "manifest.json").is_file():
                 cache = ActivationCache.open(out)
-                if other_weights(cache.header.model_info, model, self.plan.speech_model):
-                    raise InterpError(f"{out} was extracted with other weights of {self.plan.speech_model} "
+                if other_weights(cache.header.model_info, model, spec):
+                    raise InterpError(f"{out} was extracted with other weights of {spec} "
                                       f"({cache.header.model_info.get('weights')}); choose another --out")
                 if len(cache.items) == len(spoken):
                     written.append(out)
                     continue
             extraction = plan_extraction(model, sites, "audio")
-            config = {"model": self.plan.speech_model, "data": str(spoken.root), "sites": list(extraction.sites),
+            config = {"model": spec, "data": str(spoken.root), "sites": list(extraction.sites),
                       "positions": "audio", "dtype": self.plan.cache_dtype}
             with self.progress(f"extracting {name} {sites}", len(spoken)) as update:
                 extract(model, spoken, out, plan=extraction, dtype=self.plan.cache_dtype,
                         prompt_for=lambda item: task_prompt(item.task, self.plan.prompt_style).for_item(item),
-                        model_info=describe_model(model, self.plan.speech_model),
+                        model_info=describe_model(model, spec),
                         provenance=self.provenance("caches") | {"extract": config}, progress=update)
             written.append(out)
         return written
 
     def probes(self) -> list[Path]:
         first = self.plan.analysis_sets[0]
-        caches = [self.out / "caches" / name for name in (f"{first}-encoder", first)]
-        out = self.out / "probes.json"
-        write_probes([ActivationCache.open(path) for path in caches if path.is_dir()], self.spoken(first), out,
-                     probes=self.plan.probes, seed=self.plan.seed, provenance=self.provenance("probes"),
-                     progress=self.progress)
-        return [out, out.with_suffix(".html")]
+        written = []
+        for _, root in self.subjects():
+            caches = [root / "caches" / name for name in (f"{first}-encoder", first)]
+            out = root / "probes.json"
+            write_probes([ActivationCache.open(path) for path in caches if path.is_dir()], self.spoken(first), out,
+                         probes=self.plan.probes, seed=self.plan.seed, provenance=self.provenance("probes"),
+                         progress=self.progress)
+            written += [out, out.with_suffix(".html")]
+        return written
 
     def lens(self) -> list[Path]:
-        model = self.model(self.plan.speech_model)
-        try:
-            llm = implicit_cascade_llm(model)
-        except InterpError as error:
-            _log.warning("no implicit cascade for %s: %s", self.plan.speech_model, error)
-            llm = None
+        written = []
+        for spec, root in self.subjects():
+            written += self._lens(spec, root)
+            self.release(spec)
+        return written
+
+    def _lens(self, spec: str, root: Path) -> list[Path]:
+        """The lens of `spec` on every analysis set into ROOT/lens, and its implicit cascade into the behaviour run
+        (a control's as `<control>-implicit-cascade-L<layer>`, beside the speech model's)."""
+        model = self.model(spec)
+        llm = _implicit_llm(model, spec)
+        prefix = "" if spec == self.plan.speech_model else f"{root.name}-"
         written = []
         for name in self.plan.analysis_sets:
-            cache = ActivationCache.open(self.out / "caches" / name)
+            cache = ActivationCache.open(root / "caches" / name)
             layers = llm_layers(cache.sites)
             layer = layers[-1] if self.plan.lens_layer is None else parse_layers(str(self.plan.lens_layer), layers)[0]
             implicit = None if llm is None else ImplicitCascadeRun(
                 self.spoken(name), layer, llm, self.out / "behave", label=name, prompt_style=self.plan.prompt_style,
-                calibration=self.plan.calibration)
-            config = {"cache": str(self.out / "caches" / name), "model": self.plan.speech_model,
-                      "layers": layers, "layer": layer, "norm": True}
-            written += write_lens(cache, layers, model=model, out=self.out / "lens" / f"{name}.json", config=config,
+                calibration=self.plan.calibration, name=f"{prefix}implicit-cascade-L{layer}" if prefix else None)
+            config = {"cache": str(root / "caches" / name), "model": spec, "layers": layers, "layer": layer,
+                      "norm": True}
+            written += write_lens(cache, layers, model=model, out=root / "lens" / f"{name}.json", config=config,
                                   implicit=implicit, seed=self.plan.seed, progress=self.progress,
                                   bar_label=f" {name}").written
         return written
 
     def erasure(self) -> list[Path]:
-        sweep = SweepPlan(model=self.plan.speech_model, sets=[self.set_path(n) for n in self.plan.analysis_sets],
-                          out=self.out / "erasure", cache_dir=self.out / "caches", concepts=self.plan.concepts,
-                          layer_sets=[self.plan.erasure_layers], dtype=self.plan.cache_dtype, seed=self.plan.seed,
-                          prompt_style=self.plan.prompt_style,
-                          command=f"{self.command} (stage erasure)")
-        run_sweep(sweep, model=self.model(self.plan.speech_model))
-        return [self.out / "erasure" / name for name in ("sweep.json", "sweep.csv", "sweep.html")]
+        written = []
+        for spec, root in self.subjects():
+            sweep = SweepPlan(model=spec, sets=[self.set_path(n) for n in self.plan.analysis_sets],
+                              out=root / "erasure", cache_dir=root / "caches", concepts=self.plan.concepts,
+                              ranks=list(self.plan.erasure_ranks) or None, layer_sets=[self.plan.erasure_layers],
+                              dtype=self.plan.cache_dtype, seed=self.plan.seed, prompt_style=self.plan.prompt_style,
+                              command=f"{self.command} (stage erasure)")
+            run_sweep(sweep, model=self.model(spec))
+            self.release(spec)
+            written += [root / "erasure" / name for name in ("sweep.json", "sweep.csv", "sweep.html")]
+        return written
 
     def stats(self) -> list[Path]:
         return write_statistics(self.out / "behave", seed=self.plan.seed).written
