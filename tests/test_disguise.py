@@ -114,6 +114,13 @@ def test_each_clip_is_transcribed_once_and_the_batches_do_not_change(audio, monk
                                                                                again.inputs["audio_ids"][0][:3])
 
 
+def test_its_own_text_llm_is_the_one_it_was_built_on(tiny) -> None:
+    """compare-text and llm=self read a disguise's transcript with the LLM whose embeddings it lays out."""
+    from interp.models.own_backbone import own_text_lm
+
+    assert own_text_lm(tiny) is tiny.llm
+
+
 def test_choice_scores_continue_the_prompts_cache_exactly(tiny, audio) -> None:
     """score_choices (prompt once, KV cache per choice) = a full pass over the prompt and each choice."""
     choices = ["positive", "negative"]

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2AudioForConditionalGeneration
 
 from interp.errors import InterpError
+from interp.models.encoded import EncodedSpeechLM
 from interp.models.phi4mm import Phi4MMSpeechLM
 from interp.models.qwen2_audio import Qwen2AudioSpeechLM
 from interp.models.text_lm import TextLM
@@ -30,6 +31,7 @@ def own_text_lm(speech: object) -> TextLM:
     code switches it off for text-only input, so the text LLM is a twin without the LoRA layers, holding the
     base weights (each LoRA module's base_layer): the twin's text logits are exactly those of the model with
     the adapter disabled, while the speech model keeps the adapter on and no shared state is switched.
+    A cascade in disguise reads with the text LLM it was built on.
     Raises InterpError for a system with no language model of its own.
     """
     name = f"{speech.name}:llm"
@@ -39,6 +41,8 @@ def own_text_lm(speech: object) -> TextLM:
         return TextLM(_qwen2_audio_llm(speech.model), speech.tokenizer, name=name)
     if isinstance(speech, Phi4MMSpeechLM):
         return TextLM(_without_adapters(speech.model), speech.tokenizer, name=name)
+    if isinstance(speech, EncodedSpeechLM) and isinstance(getattr(speech, "llm", None), TextLM):
+        return speech.llm  # a disguise (interp.models.disguise) reads with the text LLM it was built on
     raise InterpError(f"{getattr(speech, 'name', speech)!r} ({type(speech).__name__}) has no language model of "
                       "its own to read a transcript with; llm=self takes a qwen2-audio, ultravox or phi4mm speech=")
 
