@@ -43,8 +43,8 @@ logits too.
 
 The goal (issue 36): ours ≤ 1.10 × the plain forward, and no slower (ratio to its own plain forward) than the
 faster peer. About 6 minutes on the project's 2-core machine at load average 6-7 with `--threads 1` (less on idle
-cores); on a shared machine pass `--threads 1` (docs/performance.md). No network, no ../shared: the set is spoken by
-espeak, the models come from the installed weight packages.
+cores); on a shared machine pass `--threads 1` (docs/performance.md). No network, nothing outside the repository:
+the set is spoken by espeak, the models come from the installed weight packages.
 Usage: python benchmarks/bench_extract_peers.py [--items 8] [--device cpu|cuda] [--threads 1] [--out peers.json]
        [--profile] [--methods speech:ours,text:transformer-lens] [--data SPOKEN_SET]
 """

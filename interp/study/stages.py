@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +173,16 @@ class StudyStages:
                 written += self.answer([spec], folders, ablation=ablation)
         return written
 
-    def caches(self) -> list[Path]:
+    def each_subject(self, read: Callable[[str, Path], list[Path]]) -> list[Path]:
+        """read(spec, root) for every subject (subjects()), each model let go once it is done; the files written."""
         written = []
         for spec, root in self.subjects():
-            written += self._caches(spec, root)
+            written += read(spec, root)
             self.release(spec)
         return written
+
+    def caches(self) -> list[Path]:
+        return self.each_subject(self._caches)
 
     def _caches(self, spec: str, root: Path) -> list[Path]:
         """`spec`'s `llm.layers.*` on every analysis set, and its encoder's on the first, into ROOT/caches."""
@@ -221,11 +226,7 @@ class StudyStages:
         return written
 
     def lens(self) -> list[Path]:
-        written = []
-        for spec, root in self.subjects():
-            written += self._lens(spec, root)
-            self.release(spec)
-        return written
+        return self.each_subject(self._lens)
 
     def _lens(self, spec: str, root: Path) -> list[Path]:
         """The lens of `spec` on every analysis set into ROOT/lens, and its implicit cascade into the behaviour run
@@ -249,17 +250,17 @@ class StudyStages:
         return written
 
     def erasure(self) -> list[Path]:
-        written = []
-        for spec, root in self.subjects():
-            sweep = SweepPlan(model=spec, sets=[self.set_path(n) for n in self.plan.analysis_sets],
-                              out=root / "erasure", cache_dir=root / "caches", concepts=self.plan.concepts,
-                              ranks=list(self.plan.erasure_ranks) or None, layer_sets=[self.plan.erasure_layers],
-                              dtype=self.plan.cache_dtype, seed=self.plan.seed, prompt_style=self.plan.prompt_style,
-                              command=f"{self.command} (stage erasure)")
-            run_sweep(sweep, model=self.model(spec))
-            self.release(spec)
-            written += [root / "erasure" / name for name in ("sweep.json", "sweep.csv", "sweep.html")]
-        return written
+        return self.each_subject(self._erasure)
+
+    def _erasure(self, spec: str, root: Path) -> list[Path]:
+        """`spec`'s erasure sweep on the analysis sets into ROOT/erasure."""
+        sweep = SweepPlan(model=spec, sets=[self.set_path(n) for n in self.plan.analysis_sets],
+                          out=root / "erasure", cache_dir=root / "caches", concepts=self.plan.concepts,
+                          ranks=list(self.plan.erasure_ranks) or None, layer_sets=[self.plan.erasure_layers],
+                          dtype=self.plan.cache_dtype, seed=self.plan.seed, prompt_style=self.plan.prompt_style,
+                          command=f"{self.command} (stage erasure)")
+        run_sweep(sweep, model=self.model(spec))
+        return [root / "erasure" / name for name in ("sweep.json", "sweep.csv", "sweep.html")]
 
     def stats(self) -> list[Path]:
         return write_statistics(self.out / "behave", seed=self.plan.seed).written
