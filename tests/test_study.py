@@ -149,17 +149,17 @@ def _two(value: float | None) -> str:
 
 def _sections(text: str) -> dict[str, str]:
     """The report's text by section (h2 id), unescaped."""
-    parts = re.split(r"<h2 id='([a-z]+)'>", text)
+    parts = re.split(r"<h2 id='([a-z_]+)'>", text)
     return {parts[i]: html.unescape(parts[i + 1]) for i in range(1, len(parts) - 1, 2)}
 
 
 def test_the_report_draws_every_instrument_between_the_control_and_the_ablations(study) -> None:
-    """Behaviour, probes, lens and erasure each show the control beside the speech model, with one sentence
-    computed from their numbers; behaviour shows κ with the cascade as a table and the ablations' rows."""
+    """Behaviour, probes, lens, speech vs text and erasure each show the control beside the speech model, with one
+    sentence computed from their numbers; behaviour shows κ with the cascade as a table and the ablations' rows."""
     out, _ = study
     text = (out / "report.html").read_text(encoding="utf-8")
     sections = _sections(text)
-    for name in ("behaviour", "probes", "lens", "erasure"):
+    for name in ("behaviour", "probes", "lens", "compare_text", "erasure"):
         assert CONTROL in sections[name] and sections[name].count("What the controls show:") == 1, name
     stats = json.loads((out / "behave" / "stats.json").read_text())
     kappa = {frozenset((k["a"], k["b"])): k["value"] for k in stats["sets"]["sentiment"]["kappa"]}
@@ -179,6 +179,13 @@ def test_the_report_draws_every_instrument_between_the_control_and_the_ablations
     assert (f"erasing text changes the control {CONTROL}'s accuracy by {text_delta[0]:+.2f} and tiny-ultravox's by "
             f"{text_delta[1]:+.2f}") in sections["erasure"]
     assert "of the raw variance" in sections["erasure"] and "random-var" in sections["erasure"]
+    compared = [json.loads((root / "compare_text" / "compare_text.json").read_text())["layers"]
+                for root in (out / "controls" / CONTROL, out)]
+    layer, cka, chance = max(((r["layer"], r["cka"], r["cka_shuffled"]) for r in compared[0]),
+                             key=lambda r: r[1] - r[2])
+    there = next(r["cka"] for r in compared[1] if r["layer"] == layer)
+    assert (f"the control {CONTROL} reads CKA {cka:.2f} at layer {layer} (chance {chance:.2f}), tiny-ultravox reads "
+            f"{there:.2f} there") in sections["compare_text"]
     assert re.search(rf"CTC text decodability \(1 − CER\) peaks at [0-9.n/a-]+ in the control {CONTROL}",
                      sections["probes"])
 

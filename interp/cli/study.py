@@ -20,8 +20,8 @@ __all__ = ["demo_command", "study_command"]
 def demo_command(
     out: Path = typer.Option(Path("demo"), "--out", help="The study folder (created; a rerun reuses finished "
                              "stages)."),
-    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
-                               "sets, behaviour, ablations, caches, probes, lens, erasure, stats, report."),
+    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): sets, "
+                               "behaviour, ablations, caches, probes, lens, compare_text, erasure, stats, report."),
     suite_items: int = typer.Option(24, help="Items per built-in suite (sentiment, topic, pitch, rate)."),
     benchmark_items: int = typer.Option(80, help="Items of the SST-2 and AG News subsets (spoken by TTS); every "
                                         "behaviour system answers each (timings: interp.study.demo_plan)."),
@@ -74,8 +74,8 @@ def study_command(
     plan_file: Path = typer.Option(..., "--plan", metavar="FILE", help="A StudyPlan as JSON or TOML: its keys are "
                                    "interp.study.StudyPlan's fields (a key left out keeps the demo's value)."),
     out: Path = typer.Option(..., "--out", help="The study folder (created; a rerun reuses finished stages)."),
-    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): "
-                               "sets, behaviour, ablations, caches, probes, lens, erasure, stats, report."),
+    stages: str = typer.Option("all", help="Comma-separated stages to run (default all): sets, "
+                               "behaviour, ablations, caches, probes, lens, compare_text, erasure, stats, report."),
 ) -> None:
     """A whole study as a plan file describes it: the demo's stages on other models, sets and sizes (checkpoint
     specs name local folders, see `interp models list`). Writes OUT/report.html; per-stage times at the end."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from interp.io import write_text_atomic
 from interp.report.behaviour import behaviour_section
 from interp.report.common import STYLE, Figures, Study, table
+from interp.report.compare_text import compare_text_section
 from interp.report.erasure import erasure_section
 from interp.report.lens import lens_section
 from interp.report.probes import probes_section
@@ -44,6 +45,7 @@ def write_study_report(out: Path, stage_seconds: dict[str, float]) -> Path:
     figures = Figures()
     sections = [("sets", sets_section, out / "sets"), ("behaviour", behaviour_section, out / "behave/stats.json"),
                 ("probes", probes_section, out / "probes.json"), ("lens", lens_section, out / "lens"),
+                ("compare_text", compare_text_section, out / "compare_text" / "compare_text.json"),
                 ("erasure", erasure_section, out / "erasure/sweep.json")]
     present = [(name, make) for name, make, needed in sections if needed.exists()]
     body = [make(study) if name == "sets" else make(study, figures) for name, make in present]

@@ -13,12 +13,14 @@ Stages, in order (each writes OUT/stages/<stage>.json when it finishes; a rerun 
   probes     energy, pitch, CTC and bag-of-characters by layer on the first analysis set's caches → OUT/probes.json
   lens       RMSNorm logit lens by layer; the implicit cascade (lens text → the speech LLM's own text LLM)
              answers the analysis sets into the behaviour run                           → OUT/lens/<set>.json
+  compare_text  speech vs text inside one LLM: CKA and a cross-modal probe between the audio rows of each word
+             of the first analysis set and the same LLM's states on its transcript        → OUT/compare_text/
   erasure    LEACE sweep (text against three random controls, acoustic concepts, at the plan's layers, fit and
              evaluation halves)                                                         → OUT/erasure/sweep.json
   stats      κ, error overlap, McNemar + BH, accuracy vs SNR, the ablations' rows       → OUT/behave/stats.json
   report     one self-contained HTML page of all of it                                 → OUT/report.html
 
-Every instrument (caches, probes, lens, erasure) also reads each of the plan's `controls` (by default
+Every instrument (caches, probes, lens, compare_text, erasure) also reads each of the plan's `controls` (by default
 mini-disguise, a cascade by construction) into OUT/controls/<control>/ with the same layout, so that the report
 can show each reading of the speech model between what a cascade looks like to that instrument (the control)
 and what no use of the audio looks like (the ablations).

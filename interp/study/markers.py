@@ -11,7 +11,8 @@ from interp.io import write_json_atomic
 
 __all__ = ["STAGES", "marker_path", "read_marker", "write_marker", "stage_times"]
 
-STAGES = ("sets", "behaviour", "ablations", "caches", "probes", "lens", "erasure", "stats", "report")
+STAGES = ("sets", "behaviour", "ablations", "caches", "probes", "lens", "compare_text", "erasure", "stats",
+          "report")
 
 
 def marker_path(out: Path, stage: str) -> Path:

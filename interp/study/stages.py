@@ -12,6 +12,7 @@ from typing import Any
 from activations import ActivationCache
 from activations.extract import extract, plan_extraction
 from interp.behavior import System, SystemSpec, parse_systems
+from interp.compare_text import text_llm_of, write_compare_text
 from interp.data.loaders import DEFAULT_SOURCES, import_items
 from interp.data.manifest import MANIFEST, SpokenSet
 from interp.data.noise import noisy_set_name, write_noisy_sets
@@ -248,6 +249,26 @@ class StudyStages:
                                   implicit=implicit, seed=self.plan.seed, progress=self.progress,
                                   bar_label=f" {name}").written
         return written
+
+    def compare_text(self) -> list[Path]:
+        return self.each_subject(self._compare_text)
+
+    def _compare_text(self, spec: str, root: Path) -> list[Path]:
+        """Speech vs text inside `spec`'s LLM on the first analysis set (its word-timed items) into
+        ROOT/compare_text; nothing, with a warning, for a model without a text LLM of its own to read the
+        transcripts."""
+        model, name = self.model(spec), self.plan.analysis_sets[0]
+        try:
+            text_llm_of(model)
+        except InterpError as error:
+            _log.warning("no speech-vs-text comparison for %s: %s", spec, error)
+            return []
+        cache = ActivationCache.open(root / "caches" / name)
+        config = {"cache": str(cache.path), "data": str(self.set_path(name)), "model": spec, "layers": "all",
+                  "prompts": self.plan.prompt_style}
+        return write_compare_text(cache, self.spoken(name), model, root / "compare_text",
+                                  prompts=self.plan.prompt_style, seed=self.plan.seed,
+                                  provenance=self.provenance("compare_text") | {"compare_text": config})
 
     def erasure(self) -> list[Path]:
         return self.each_subject(self._erasure)
