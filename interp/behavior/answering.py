@@ -76,14 +76,20 @@ def input_of(system: System) -> str:
 def transcribe_batch(system: System, spoken_set: SpokenSet, items: Sequence[Item], *,
                      audio: AudioSource | None = None) -> dict[str, Heard]:
     """A cascade's transcripts of `items` (of what `audio` gives, default their own recordings) in one ASR batch,
-    with each item's share of the time; empty for other systems."""
+    with each item's share of the time; empty for other systems. An ASR with `transcribe_timed` (WhisperASR,
+    whose memo answers clips heard before) gives each clip's own seconds, the memo's included."""
     if not isinstance(system, Cascade):
         return {}
     audio = audio or spoken_set.load_audio
     started = time.perf_counter()
-    texts = system.asr.transcribe([audio(item) for item in items])
-    share = (time.perf_counter() - started) / len(items)
-    return {item.id: Heard(text, share) for item, text in zip(items, texts)}
+    clips = [audio(item) for item in items]
+    timed = getattr(system.asr, "transcribe_timed", None)
+    if timed is None:
+        texts = system.asr.transcribe(clips)
+        share = (time.perf_counter() - started) / len(items)
+        return {item.id: Heard(text, share) for item, text in zip(items, texts)}
+    loading = (time.perf_counter() - started) / len(items)
+    return {item.id: Heard(text, loading + seconds) for item, (text, seconds) in zip(items, timed(clips))}
 
 
 def _respond(system: System, source: np.ndarray | str, item: Item, prompt: TaskPrompt,

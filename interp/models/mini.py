@@ -28,6 +28,7 @@ from interp.models.checkpoints import CHECKPOINT_SPECS, LoadOptions, load_checkp
 from interp.models.disguise import DisguisedSpeechLM, load_disguise
 from interp.models.text_lm import TextLM
 from interp.models.tiny import TINY_MODELS
+from interp.models.transcript_memo import TRANSCRIPTS
 from interp.models.ultravox import UltravoxConfig, UltravoxModel
 from interp.models.ultravox_lm import UltravoxSpeechLM
 
@@ -86,7 +87,9 @@ def is_present(card: ModelCard) -> bool:
 
 
 class WhisperASR:
-    """A converted Whisper as the ASR half of a cascade."""
+    """A converted Whisper as the ASR half of a cascade. Its transcripts are memoised process-wide
+    (interp.models.transcript_memo): every WhisperASR of the same variant, weights, device and dtype shares them,
+    so a clip that several systems hear is transcribed once."""
 
     def __init__(self, variant: Literal["base", "tiny.en"], *, name: str) -> None:
         from interp.models.whisper_ct2 import load_mini_whisper
@@ -94,10 +97,23 @@ class WhisperASR:
         self.whisper = load_mini_whisper(variant)
         self.name = name
 
-    def transcribe(self, audio: Sequence[np.ndarray]) -> list[str]:
+    @property
+    def memo_key(self) -> tuple[str, ...]:
+        """What the memo knows this ASR by: its variant and weights (`whisper.source`), and where it runs now
+        (read at each call: load_model may move it after it is built)."""
+        model = self.whisper.model
+        return ("whisper", self.whisper.variant, self.whisper.source, str(model.device), str(model.dtype))
+
+    def transcribe_timed(self, audio: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+        """(transcript, seconds) of each clip; the seconds are what the clip cost when Whisper transcribed it
+        (its share of that batch), also when the transcript comes from the memo."""
         from interp.models.whisper_ct2 import transcribe
 
-        return transcribe(self.whisper, list(audio))
+        heard = TRANSCRIPTS.transcribe(self.memo_key, list(audio), lambda clips: transcribe(self.whisper, clips))
+        return [(entry.text, entry.seconds) for entry in heard]
+
+    def transcribe(self, audio: Sequence[np.ndarray]) -> list[str]:
+        return [text for text, _ in self.transcribe_timed(audio)]
 
 
 @lru_cache(maxsize=None)
