@@ -13,7 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 __all__ = ["PAPER_FIGURES", "STYLE", "Figures", "Study", "Subject", "table", "interval", "paper", "source",
-           "reading", "number"]
+           "reading", "number", "verdict"]
 
 # What the study reports on 7-8B models (arXiv 2602.17598; many numbers reached us second-hand), shown
 # beside the matching section so that a reader sees the expected shape.
@@ -124,6 +124,15 @@ def interval(estimate: dict[str, Any] | None) -> str:
     if not estimate or estimate.get("value") is None:
         return "n/a"
     return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
+def verdict(control: float, speech: float, *, reads: float, same: float, seen: str, unseen: str, alike: str,
+            gap: str) -> str:
+    """The second half of a reading: whether the instrument sees the text in the control (`seen` when the control
+    reads at least `reads`, else `unseen`), then whether the speech model reads as much (`alike` when within
+    `same` of the control, else `gap` with `{gap}` filled by how much less)."""
+    first = seen if control >= reads else unseen
+    return first + (alike if speech >= control - same else gap.format(gap=f"{control - speech:.2f}"))
 
 
 def reading(text: str) -> str:

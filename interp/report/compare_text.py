@@ -10,7 +10,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from interp.report.common import Figures, Study, number, reading, source, table
+from interp.report.common import Figures, Study, number, reading, source, table, verdict
 from interp.report.figures import PALETTE, note
 
 __all__ = ["compare_text_section", "compare_text_reading", "cka_layers_figure"]
@@ -66,13 +66,14 @@ def compare_text_reading(study: Study, reports: dict[str, dict[str, Any]]) -> st
     text = (f"the control {control.name} reads CKA {number(cka_c)} at layer {layer} (chance {number(chance_c)}), "
             f"{speech} reads {number(at_layer[1]) if at_layer else 'n/a'} there and {number(best_s[1])} at its "
             f"best layer {best_s[0]} (chance {number(best_s[2])})")
-    verdict = ("the comparison sees the transcript where a cascade puts it" if cka_c - chance_c >= SEES else
-               f"the comparison reads little even where the transcript is by construction, so {speech}'s reading "
-               "says little")
-    gap = (cka_c - chance_c) - (best_s[1] - best_s[2])
-    verdict += (f", and {speech}'s audio rows look as much like its transcript's states" if gap <= SAME else
-                f", and {speech}'s audio rows look {gap:.2f} less like its transcript's states above chance")
-    return f"{text}: {verdict}."
+    here = (at_layer[1] - at_layer[2]) if at_layer else 0.0
+    said = verdict(cka_c - chance_c, here, reads=SEES, same=SAME,
+                   seen="the comparison sees the transcript where a cascade puts it",
+                   unseen=f"the comparison reads little even where the transcript is by construction, so {speech}'s "
+                   "reading says little", alike=f", and at that layer {speech}'s audio rows look as much like its "
+                   "transcript's states", gap=f", and at that layer {speech}'s audio rows look {{gap}} less like its "
+                   "transcript's states above chance")
+    return f"{text}: {said}."
 
 
 def compare_text_section(study: Study, figures: Figures) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from interp.report.common import Figures, Study, interval, number, paper, reading, source, table
+from interp.report.common import Figures, Study, interval, number, paper, reading, source, table, verdict
 from interp.report.figures import PALETTE, note
 
 __all__ = ["lens_section", "lens_reading", "lens_layers_figure"]
@@ -57,15 +57,15 @@ def lens_reading(study: Study, name: str, reports: dict[str, dict[str, Any]]) ->
         return f"the lens has no precision for {speech if best_s is None else control.name} on {name}."
     text = (f"on {name} the lens reads {number(best_c[1])} at the control {control.name}'s best layer "
             f"({best_c[0]}) and {number(best_s[1])} at {speech}'s ({best_s[0]})")
-    verdict = ("the lens can see text where it is" if best_c[1] >= READS else
-               f"the lens reads little even where the text is by construction, so {speech}'s reading says little")
-    verdict += (f", and {speech}'s audio rows spell about as much of it" if best_s[1] >= best_c[1] - SAME else
-                f", and {speech}'s audio rows spell {best_c[1] - best_s[1]:.2f} less of it")
+    said = verdict(best_c[1], best_s[1], reads=READS, same=SAME, seen="the lens can see text where it is",
+                   unseen=f"the lens reads little even where the text is by construction, so {speech}'s reading "
+                   "says little", alike=f", and {speech}'s audio rows spell about as much of it",
+                   gap=f", and {speech}'s audio rows spell {{gap}} less of it")
     implicit = {model: (r.get("implicit_cascade") or {}).get("accuracy") for model, r in reports.items()}
     if implicit.get(speech) is not None and implicit.get(control.name) is not None:
-        verdict += (f" (the implicit cascades, reading that text, answer with accuracy "
+        said += (f" (the implicit cascades, reading that text, answer with accuracy "
                     f"{number(implicit[control.name])} and {number(implicit[speech])})")
-    return f"{text}: {verdict}."
+    return f"{text}: {said}."
 
 
 def _implicit_line(name: str, model: str, implicit: dict[str, Any] | None) -> str:

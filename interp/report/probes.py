@@ -9,7 +9,18 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from interp.report.common import Figures, Study, Subject, interval, number, paper, reading, source, table
+from interp.report.common import (
+    Figures,
+    Study,
+    Subject,
+    interval,
+    number,
+    paper,
+    reading,
+    source,
+    table,
+    verdict,
+)
 from interp.report.figures import PALETTE, grid, note
 
 __all__ = ["probes_section", "probes_reading", "probe_layers_figure", "probe_curves"]
@@ -81,11 +92,12 @@ def probes_reading(study: Study, curves: dict[str, dict[str, list[tuple[int, flo
         return f"{_LABELS.get(probe, probe)} has no score for {speech if best_s is None else control.name}."
     text = (f"{_LABELS.get(probe, probe)} peaks at {number(best_c[1])} in the control {control.name} (layer "
             f"{best_c[0]}) and at {number(best_s[1])} in {speech} (layer {best_s[0]})")
-    verdict = ("the probe reads the text where a cascade puts it" if best_c[1] >= READS else
-               f"the probe reads little even where a cascade puts the text, so {speech}'s low score says little")
-    verdict += (f", and finds as much in {speech}" if best_s[1] >= best_c[1] - SAME else
-                f", and {best_c[1] - best_s[1]:.2f} less in {speech}'s audio rows")
-    return f"{text}: {verdict}."
+    said = verdict(best_c[1], best_s[1], reads=READS, same=SAME,
+                   seen="the probe reads the text where a cascade puts it",
+                   unseen=f"the probe reads little even where a cascade puts the text, so {speech}'s low score "
+                   "says little", alike=f", and finds as much in {speech}",
+                   gap=f", and {{gap}} less in {speech}'s audio rows")
+    return f"{text}: {said}."
 
 
 def _rows(subject: Subject, reports: list[Any]) -> list[list[Any]]:
